@@ -1,0 +1,157 @@
+"""N-body: simulator, dataset, model equivariance, training CLI, checkpoints."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyg_implicit.datasets import nbody as nb
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------------------- simulator
+
+def _loop_reference(cfg, charges, loc0, vel0):
+    """Particle-by-particle version of the protocol (one simulation, float64)."""
+    n = len(charges)
+    loc, vel = loc0.copy(), vel0.copy()
+
+    def force(x):
+        F = np.zeros((n, 3))
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    d = x[i] - x[j]
+                    F[i] += cfg.interaction_strength * charges[i] * charges[j] * d / np.linalg.norm(d) ** 3
+            F[i, 2] += cfg.field * charges[i]
+        return np.clip(F, -cfg.max_force, cfg.max_force)
+
+    vel += cfg.dt * force(loc)
+    frames_x, frames_v = [], []
+    for i in range(1, cfg.length):
+        loc += cfg.dt * vel
+        if i % cfg.sample_freq == 0:
+            frames_x.append(loc.copy())
+            frames_v.append(vel.copy())
+        vel += cfg.dt * force(loc)
+    return np.stack(frames_x), np.stack(frames_v)
+
+
+@pytest.mark.parametrize("field", [0.0, 1.0])
+def test_simulator_matches_loop_reference(field):
+    cfg = nb.SimConfig(length=300, sample_freq=50, field=field)
+    rng = np.random.default_rng(0)
+    q, x0, v0 = nb.sample_initial_conditions(cfg, 3, rng)
+    loc, vel, _ = nb.simulate(cfg, q, x0, v0)
+    assert loc.shape == (3, cfg.num_frames, 5, 3) == (3, 5, 5, 3)
+    for s in range(3):
+        rx, rv = _loop_reference(cfg, q[s], x0[s], v0[s])
+        np.testing.assert_allclose(loc[s], rx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(vel[s], rv, rtol=1e-12, atol=1e-12)
+
+
+def test_initial_conditions_protocol():
+    cfg = nb.SimConfig()
+    q, x, v = nb.sample_initial_conditions(cfg, 4000, np.random.default_rng(1))
+    assert set(np.unique(q)) == {-1.0, 1.0}
+    assert abs(q.mean()) < 0.05
+    np.testing.assert_allclose(np.linalg.norm(v, axis=-1), cfg.vel_norm, rtol=1e-12)
+    assert abs(x.std() - cfg.loc_std) < 0.02
+    assert np.all(np.abs(x) <= cfg.box_size)
+
+
+def _half_step_energy(cfg, loc, vel, q):
+    # recorded velocities lag positions by half a step: v_n ~ v_{n-1/2} + dt/2 F(x_n)
+    S, Fr = loc.shape[:2]
+    F, _ = nb.forces(cfg, loc.reshape(S * Fr, 5, 3), np.repeat(q, Fr, axis=0))
+    v = vel + 0.5 * cfg.dt * F.reshape(loc.shape)
+    return nb.energy(cfg, loc, v, q)
+
+
+@pytest.mark.parametrize("field", [0.0, 1.0])
+def test_conservation_laws(field):
+    """Unclipped simulations conserve momentum (x, y; z too without field) and energy.
+
+    Clipping of the force (the protocol's close-encounter clamp) breaks both; the
+    test checks that this is what happens in clipped simulations, so it can fail
+    if the clip or the pair forces are wrong.
+    """
+    cfg = nb.SimConfig(length=2000, sample_freq=100, field=field)
+    q, x0, v0 = nb.sample_initial_conditions(cfg, 300, np.random.default_rng(2))
+    loc, vel, clips = nb.simulate(cfg, q, x0, v0)
+    ok = clips == 0
+    assert ok.sum() > 100  # most short simulations never clip
+    P = vel.sum(axis=2)  # [S, F, 3] (unit masses)
+    t = np.arange(1, cfg.num_frames + 1) * cfg.sample_freq * cfg.dt
+    expected = P[:, :1] + 0 * P
+    expected[..., 2] += field * q.sum(1)[:, None] * (t - t[0])[None]
+    err = np.abs(P - expected).max(axis=(1, 2))
+    assert err[ok].max() < 1e-9
+    E = _half_step_energy(cfg, loc, vel, q)
+    drift = np.abs(E - E[:, :1]).max(axis=1)
+    # symplectic Euler with dt = 1e-3: tiny drift except in close encounters
+    assert np.median(drift[ok]) < 1e-4
+    assert drift[ok].max() < 1e-2
+    if (~ok).sum() >= 5:  # clipping is visible in momentum and energy
+        assert err[~ok].max() > 1e-6
+        assert np.median(drift[~ok]) > 1e-2
+
+
+def test_generate_deterministic_and_chunk_independent(tmp_path):
+    a = nb.generate(str(tmp_path / "a"), "charged", 7, 3, 2, seed=5, length=400, sample_freq=100,
+                    chunk_size=3, show_progress=False)
+    b = nb.generate(str(tmp_path / "b"), "charged", 7, 3, 2, seed=5, length=400, sample_freq=100,
+                    chunk_size=100, show_progress=False)
+    c = nb.generate(str(tmp_path / "c"), "charged", 7, 3, 2, seed=6, length=400, sample_freq=100,
+                    show_progress=False)
+    for split in nb.SPLITS:
+        za, zb, zc = np.load(a[split]), np.load(b[split]), np.load(c[split])
+        assert za["loc"].dtype == np.float32
+        assert za["loc"].shape == ({"train": 7, "val": 3, "test": 2}[split], 3, 5, 3)
+        assert za["charges"].shape == za["loc"].shape[:1] + (5,)
+        np.testing.assert_array_equal(za["loc"], zb["loc"])
+        np.testing.assert_array_equal(za["vel"], zb["vel"])
+        assert not np.array_equal(za["loc"], zc["loc"])
+    # splits are independent draws
+    assert not np.array_equal(np.load(a["train"])["loc"][:2], np.load(a["val"])["loc"][:2])
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    assert meta["seed"] == 5 and meta["variant"] == "charged" and meta["dt"] == 0.001
+
+
+def test_field_variant_breaks_symmetry_only_along_z(tmp_path):
+    cfg = nb.SimConfig.for_variant("charged-field", length=200, sample_freq=100)
+    assert cfg.field == 1.0
+    q, x0, v0 = nb.sample_initial_conditions(cfg, 4, np.random.default_rng(3))
+    loc, _, _ = nb.simulate(cfg, q, x0, v0)
+    th = 0.7
+    R = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1.0]])
+    M = np.diag([1.0, -1.0, 1.0])  # mirror in a vertical plane
+    for G in (R, M @ R):
+        locg, _, _ = nb.simulate(cfg, q, x0 @ G.T, v0 @ G.T)
+        np.testing.assert_allclose(locg, loc @ G.T, atol=1e-9)
+    # a rotation about x (tilting z) is not a symmetry with the field on
+    Rx = np.array([[1, 0, 0], [0, np.cos(th), -np.sin(th)], [0, np.sin(th), np.cos(th)]])
+    locg, _, _ = nb.simulate(cfg, q, x0 @ Rx.T, v0 @ Rx.T)
+    assert np.abs(locg - loc @ Rx.T).max() > 1e-3
+
+
+def test_dataset_graphs(tmp_path):
+    nb.generate(str(tmp_path), "charged", 4, 2, 2, seed=0, length=500, sample_freq=100,
+                show_progress=False)
+    ds = nb.NBodyDataset(str(tmp_path), "train", frame_0=1, frame_T=3)
+    assert len(ds) == 4 and ds.variant == "charged"
+    d = ds[1]
+    z = np.load(tmp_path / "train.npz")
+    assert d.pos.shape == (5, 3) and d.vel.shape == (5, 3) and d.y.shape == (5, 3)
+    assert d.edge_index.shape == (2, 20)
+    assert (d.edge_index[0] != d.edge_index[1]).all()
+    np.testing.assert_array_equal(d.pos.numpy(), z["loc"][1, 1])
+    np.testing.assert_array_equal(d.y.numpy(), z["loc"][1, 3])
+    q = d.charges[:, 0]
+    torch.testing.assert_close(d.edge_attr[:, 0], q[d.edge_index[0]] * q[d.edge_index[1]])
+    with pytest.raises(ValueError, match="frame"):
+        nb.NBodyDataset(str(tmp_path), "train", frame_0=1, frame_T=9)
