@@ -1,0 +1,846 @@
+// CUDA implementation of pyg_implicit::point_conv_forward / point_conv_backward
+// (contract: docs/fused_op_spec.md, maths: pyg_implicit/plan.py, DESIGN.md §3).
+//
+// Design (see also the report in the commit history / docs):
+//
+// Forward, per chunk of target rows (bounded workspace, default 256 MiB):
+//   1. point_conv_fwd_kernel: one block (256 threads) per target row i. The
+//      row's incoming edges are processed in tiles of TE edges. For a tile the
+//      block gathers x_e = pos_src[j] - pos_dst[i], a_e and f_j into shared
+//      memory, evaluates the plan MLP for the TE edges entirely in shared memory
+//      (dense layers and Fourier sample/activate/project steps as small
+//      block-level GEMMs, tile_gemm), forms g_e = [s_e u_e, s_e] and
+//      accumulates A_i += sum_e g_e (x) f_j. A_i ((H+1) x C_in) is owned by the
+//      block; it is written once per row into a per-chunk workspace.
+//   2. out[chunk] = A_chunk @ Wt^T (cuBLAS through ATen: a tiled GEMM).
+//   Nothing proportional to E x H, E x grid or E x C_out x C_in is allocated.
+//
+// Backward (recompute), per chunk of target rows:
+//   1. dA_chunk = dout[chunk] @ Wt (cuBLAS).
+//   2. point_conv_bwd_kernel: a persistent grid of NB blocks, block b owning
+//      rows b, b + NB, ... of the chunk. Per tile it recomputes the MLP keeping
+//      every activation of the tile in shared memory, recomputes g_e and
+//      (if grad Wt is needed) A_i, computes dg_e = dA_i f_j, the per-edge
+//      contribution dA_i^T g_e to grad x_src (written at its CSR position into
+//      an [E, C_in] buffer: input-sized, like a gathered x_src), back-propagates
+//      through the MLP and the envelope, writes d x_e ([E, d]) and grad
+//      edge_attr ([E, A]), sums -d x_e of the row into grad_pos_dst[i], and
+//      accumulates all plan-parameter gradients into the block's own slice of a
+//      [NB, n_params] partial buffer (no atomics: each slice has one owner).
+//   3. grad Wt += dout[chunk]^T @ A_chunk (cuBLAS).
+//   After all chunks: grad x_src and grad pos_src are gathered per source
+//   through csc_rowptr / csc_perm in a fixed order (csc_gather_kernel), and the
+//   partials are summed over blocks in fixed order (reduce_partials_kernel).
+//   Every reduction has a fixed order: the op is deterministic (bitwise).
+//
+// Indices are never trusted blindly: an out-of-range col entry contributes
+// nothing (its envelope is forced to 0 and nothing is read through it), row
+// ranges are clamped to [0, E]; the Python wrapper validates indices up front.
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "point_conv_tiles.cuh"
+
+namespace pyg_implicit_cuda {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------
+
+// Gathers the edge tile [p0, p0 + ne) of target row `row` into shared memory:
+// xb [ne, d] (edge vectors), u0 [ne, H0] (= [x_e, a_e]), fb [ne, C_in]
+// (source features) and env [ne] (Gaussian envelope, 0 for an invalid source).
+// Contains one __syncthreads(); the caller syncs again before using env.
+template <typename T>
+__device__ void load_edge_tile(const PlanP<T>& p, int ne, int64_t p0, int64_t row,
+                               const T* __restrict__ x_src, const T* __restrict__ pos_src,
+                               const T* __restrict__ pos_dst, const T* __restrict__ edge_attr,
+                               const int64_t* __restrict__ col, int64_t N_src, T inv2w2,
+                               T* xb, T* u0, T* fb, T* env) {
+  const int d = p.d, A = p.A, H0 = p.H0, Cin = p.C_in;
+  for (int idx = threadIdx.x; idx < ne * d; idx += blockDim.x) {
+    const int e = idx / d, t = idx - e * d;
+    const int64_t j = col[p0 + e];
+    const bool valid = j >= 0 && j < N_src;
+    const T v = valid ? pos_src[j * d + t] - pos_dst[row * d + t] : T(0);
+    xb[idx] = v;
+    u0[e * H0 + t] = v;
+  }
+  for (int idx = threadIdx.x; idx < ne * A; idx += blockDim.x) {
+    const int e = idx / A, a = idx - e * A;
+    u0[e * H0 + d + a] = edge_attr[(p0 + e) * A + a];
+  }
+  for (int idx = threadIdx.x; idx < ne * Cin; idx += blockDim.x) {
+    const int e = idx / Cin, c = idx - e * Cin;
+    const int64_t j = col[p0 + e];
+    const bool valid = j >= 0 && j < N_src;
+    fb[idx] = valid ? x_src[j * Cin + c] : T(0);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < ne; e += blockDim.x) {
+    const int64_t j = col[p0 + e];
+    const bool valid = j >= 0 && j < N_src;
+    T r2 = T(0);
+    for (int t = 0; t < d; ++t) r2 += xb[e * d + t] * xb[e * d + t];
+    env[e] = valid ? dev_exp(-r2 * inv2w2) : T(0);
+  }
+}
+
+// Plan MLP for `ne` edges, input u0 in bufA ([ne, H0]); returns the buffer
+// holding u_L ([ne, H]). Ping-pongs between bufA and bufB; zb / sb are
+// scratch for the pre-activations and the grid samples.
+template <typename T>
+__device__ const T* mlp_forward_pingpong(const PlanP<T>& p, int ne, T* bufA, T* bufB,
+                                         T* zb, T* sb) {
+  T* cur = bufA;
+  T* nxt = bufB;
+  for (int l = 0; l < p.L; ++l) {
+    const LayerP<T>& Ly = p.layer[l];
+    if (!Ly.fourier) {
+      tile_gemm<T>(cur, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, nxt, Ly.hp, Ly.act);
+      __syncthreads();
+    } else {
+      const int rows = ne * Ly.M;
+      tile_gemm<T>(cur, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, zb, Ly.hp, -1);
+      __syncthreads();
+      // Y = act(Z Q^T): rows (e, m) of F -> G;  B(f, g) = QT[f * G + g]
+      tile_gemm<T>(zb, rows, Ly.F, Ly.QT, Ly.G, 1, nullptr, Ly.G, sb, Ly.G, Ly.act);
+      __syncthreads();
+      // u = Y P^T: rows (e, m) of G -> Fp;  B(g, f') = PT[g * Fp + f']
+      tile_gemm<T>(sb, rows, Ly.G, Ly.PT, Ly.Fp, 1, nullptr, Ly.Fp, nxt, Ly.Fp, -1);
+      __syncthreads();
+    }
+    T* tmp = cur;
+    cur = nxt;
+    nxt = tmp;
+  }
+  return cur;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+point_conv_fwd_kernel(const __grid_constant__ PlanP<T> p, const FwdLayout lay, const int TE,
+                      const T* __restrict__ x_src, const T* __restrict__ pos_src,
+                      const T* __restrict__ pos_dst, const T* __restrict__ edge_attr,
+                      const int64_t* __restrict__ rowptr, const int64_t* __restrict__ col,
+                      const int64_t N_src, const int64_t E, const int64_t row_begin,
+                      const int64_t nrows, T* __restrict__ Aws) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sm = reinterpret_cast<T*>(smem_raw);
+  T* bufA = sm + lay.bufA;
+  T* bufB = sm + lay.bufB;
+  T* zb = sm + lay.z;
+  T* sb = sm + lay.s;
+  T* xb = sm + lay.x;
+  T* env = sm + lay.env;
+  T* gb = sm + lay.g;
+  T* fb = sm + lay.f;
+
+  const int H = p.H, H1 = p.H + 1, Cin = p.C_in;
+  const int64_t arow = (int64_t)H1 * Cin;
+  const T w = *p.width;
+  const T inv2w2 = T(0.5) / (w * w);
+
+  for (int64_t lr = blockIdx.x; lr < nrows; lr += gridDim.x) {
+    const int64_t row = row_begin + lr;
+    const int64_t start = max(rowptr[row], (int64_t)0);
+    const int64_t end = min(rowptr[row + 1], E);
+    T* Arow = Aws + lr * arow;
+    if (end <= start) {
+      for (int64_t idx = threadIdx.x; idx < arow; idx += blockDim.x) Arow[idx] = T(0);
+      continue;
+    }
+    bool first = true;
+    for (int64_t p0 = start; p0 < end; p0 += TE) {
+      const int ne = (int)min((int64_t)TE, end - p0);
+      load_edge_tile<T>(p, ne, p0, row, x_src, pos_src, pos_dst, edge_attr, col, N_src, inv2w2,
+                        xb, bufA, fb, env);
+      __syncthreads();
+      const T* uL = mlp_forward_pingpong<T>(p, ne, bufA, bufB, zb, sb);
+      for (int idx = threadIdx.x; idx < ne * H1; idx += blockDim.x) {
+        const int e = idx / H1, k = idx - e * H1;
+        const T s = env[e];
+        gb[idx] = k < H ? s * uL[e * H + k] : s;
+      }
+      __syncthreads();
+      // A_i[k, c] += sum_e g[e, k] f[e, c]
+      tile_outer_acc<T>(gb, H1, H1, fb, Cin, Cin, ne, Arow, !first);
+      first = false;
+      __syncthreads();
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, const int TE,
+                      const T* __restrict__ x_src, const T* __restrict__ pos_src,
+                      const T* __restrict__ pos_dst, const T* __restrict__ edge_attr,
+                      const int64_t* __restrict__ rowptr, const int64_t* __restrict__ col,
+                      const int64_t N_src, const int64_t E, const int64_t row_begin,
+                      const int64_t nrows,
+                      const T* __restrict__ dAws,   // [nrows, (H+1) C_in]
+                      T* __restrict__ Aws,          // [nrows, (H+1) C_in] or null
+                      T* __restrict__ dF,           // [E, C_in] or null
+                      T* __restrict__ dX,           // [E, d]
+                      T* __restrict__ gpos_dst,     // [N_dst, d]
+                      T* __restrict__ gattr,        // [E, A]
+                      T* __restrict__ partial) {    // [gridDim.x, n_params]
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sm = reinterpret_cast<T*>(smem_raw);
+  T* xb = sm + lay.x;
+  T* env = sm + lay.env;
+  T* dsb = sm + lay.ds;
+  T* wcon = sm + lay.wcon;
+  T* dxs = sm + lay.dxs;
+  T* u0 = sm + lay.u0;
+  T* scratch = sm + lay.scratch;
+  T* gb = sm + lay.g;
+  T* fb = sm + lay.f;
+  T* dgb = sm + lay.dg;
+  T* du = sm + lay.du;
+  T* dz = sm + lay.dz;
+
+  const int d = p.d, A = p.A, H0 = p.H0, H = p.H, H1 = p.H + 1, Cin = p.C_in;
+  const int64_t arow = (int64_t)H1 * Cin;
+  const T w = *p.width;
+  const T inv2w2 = T(0.5) / (w * w);
+  const T inv_w2 = T(1) / (w * w);
+  const T inv_w3 = inv_w2 / w;
+  T* Pb = partial + (int64_t)blockIdx.x * p.n_params;
+
+  for (int64_t lr = blockIdx.x; lr < nrows; lr += gridDim.x) {
+    const int64_t row = row_begin + lr;
+    const int64_t start = max(rowptr[row], (int64_t)0);
+    const int64_t end = min(rowptr[row + 1], E);
+    const T* dArow = dAws + lr * arow;
+    T* Arow = Aws ? Aws + lr * arow : nullptr;
+    T pd_acc = T(0);  // thread t < d: grad_pos_dst[row, t]
+    bool first = true;
+    for (int64_t p0 = start; p0 < end; p0 += TE) {
+      const int ne = (int)min((int64_t)TE, end - p0);
+      load_edge_tile<T>(p, ne, p0, row, x_src, pos_src, pos_dst, edge_attr, col, N_src, inv2w2,
+                        xb, u0, fb, env);
+      __syncthreads();
+
+      // ---- forward recompute, every activation kept in shared memory ----
+      const T* uin = u0;
+      for (int l = 0; l < p.L; ++l) {
+        const LayerP<T>& Ly = p.layer[l];
+        T* z = sm + Ly.sm_z;
+        T* uo = sm + Ly.sm_u_out;
+        tile_gemm<T>(uin, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, z, Ly.hp, -1);
+        __syncthreads();
+        if (Ly.fourier) {
+          T* S = sm + Ly.sm_S;
+          const int rows = ne * Ly.M;
+          tile_gemm<T>(z, rows, Ly.F, Ly.QT, Ly.G, 1, nullptr, Ly.G, S, Ly.G, -1);
+          __syncthreads();
+          for (int idx = threadIdx.x; idx < rows * Ly.G; idx += blockDim.x)
+            scratch[idx] = act_f<T>(Ly.act, S[idx]);
+          __syncthreads();
+          tile_gemm<T>(scratch, rows, Ly.G, Ly.PT, Ly.Fp, 1, nullptr, Ly.Fp, uo, Ly.Fp, -1);
+        } else {
+          for (int idx = threadIdx.x; idx < ne * Ly.hp; idx += blockDim.x)
+            uo[idx] = act_f<T>(Ly.act, z[idx]);
+        }
+        __syncthreads();
+        uin = uo;
+      }
+      const T* uL = uin;  // [ne, H]
+      for (int idx = threadIdx.x; idx < ne * H1; idx += blockDim.x) {
+        const int e = idx / H1, k = idx - e * H1;
+        const T s = env[e];
+        gb[idx] = k < H ? s * uL[e * H + k] : s;
+      }
+      __syncthreads();
+
+      // ---- node-level quantities ----
+      if (Arow) tile_outer_acc<T>(gb, H1, H1, fb, Cin, Cin, ne, Arow, !first);
+      // dg[e, k] = sum_c dA[k, c] f[e, c]      B(c, k) = dA[k * Cin + c]
+      tile_gemm<T>(fb, ne, Cin, dArow, 1, Cin, nullptr, H1, dgb, H1, -1);
+      // dF[p0 + e, c] = sum_k g[e, k] dA[k, c]  B(k, c) = dA[k * Cin + c]
+      if (dF) tile_gemm<T>(gb, ne, H1, dArow, Cin, 1, nullptr, Cin, dF + p0 * Cin, Cin, -1);
+      __syncthreads();
+
+      // ---- envelope: ds_e and du_L = s_e dg[:H] ----
+      for (int e = threadIdx.x; e < ne; e += blockDim.x) {
+        T acc = dgb[e * H1 + H];
+        for (int k = 0; k < H; ++k) acc += dgb[e * H1 + k] * uL[e * H + k];
+        dsb[e] = acc;
+      }
+      for (int idx = threadIdx.x; idx < ne * H; idx += blockDim.x) {
+        const int e = idx / H, k = idx - e * H;
+        du[idx] = env[e] * dgb[e * H1 + k];
+      }
+      __syncthreads();
+
+      // ---- back through the MLP, layer by layer ----
+      for (int l = p.L - 1; l >= 0; --l) {
+        const LayerP<T>& Ly = p.layer[l];
+        const T* uin_l = l == 0 ? u0 : sm + p.layer[l - 1].sm_u_out;
+        T* z = sm + Ly.sm_z;
+        if (Ly.fourier) {
+          T* S = sm + Ly.sm_S;
+          const int rows = ne * Ly.M;
+          const int nG = rows * Ly.G;
+          for (int idx = threadIdx.x; idx < nG; idx += blockDim.x)
+            scratch[idx] = act_f<T>(Ly.act, S[idx]);
+          __syncthreads();
+          // dP[f', g] += sum_rows dU[row, f'] Y[row, g]
+          tile_outer_acc<T>(du, Ly.Fp, Ly.Fp, scratch, Ly.G, Ly.G, rows, Pb + Ly.off_P, true);
+          __syncthreads();
+          // dY = dU P:  B(f', g) = P[f' * G + g]
+          tile_gemm<T>(du, rows, Ly.Fp, Ly.P, Ly.G, 1, nullptr, Ly.G, scratch, Ly.G, -1);
+          __syncthreads();
+          for (int idx = threadIdx.x; idx < nG; idx += blockDim.x)
+            S[idx] = scratch[idx] * act_df<T>(Ly.act, S[idx]);  // S := dS
+          __syncthreads();
+          // dQ[g, f] += sum_rows dS[row, g] Z[row, f]
+          tile_outer_acc<T>(S, Ly.G, Ly.G, z, Ly.F, Ly.F, rows, Pb + Ly.off_Q, true);
+          // dZ = dS Q:  B(g, f) = Q[g * F + f]
+          tile_gemm<T>(S, rows, Ly.G, Ly.Q, Ly.F, 1, nullptr, Ly.F, dz, Ly.F, -1);
+        } else {
+          for (int idx = threadIdx.x; idx < ne * Ly.hp; idx += blockDim.x)
+            dz[idx] = du[idx] * act_df<T>(Ly.act, z[idx]);
+        }
+        __syncthreads();
+        // dW[r, c] += sum_e dz[e, r] u_in[e, c];  db[r] += sum_e dz[e, r]
+        tile_outer_acc<T>(dz, Ly.hp, Ly.hp, uin_l, Ly.in, Ly.in, ne, Pb + Ly.off_W, true);
+        tile_colsum_acc<T>(dz, ne, Ly.hp, Pb + Ly.off_b);
+        // du_in = dz W:  B(r, c) = W[r * in + c]
+        tile_gemm<T>(dz, ne, Ly.hp, Ly.W, Ly.in, 1, nullptr, Ly.in, du, Ly.in, -1);
+        __syncthreads();
+      }
+      // du now holds d u_0 = [d x_e (MLP part), d a_e]
+
+      for (int e = threadIdx.x; e < ne; e += blockDim.x) {
+        const T s = env[e];
+        const T dse = dsb[e];
+        T r2 = T(0);
+        for (int t = 0; t < d; ++t) r2 += xb[e * d + t] * xb[e * d + t];
+        const T coef = -dse * s * inv_w2;  // d s / d x = -s x / w^2
+        for (int t = 0; t < d; ++t) {
+          const T v = du[e * H0 + t] + coef * xb[e * d + t];
+          dxs[e * d + t] = v;
+          dX[(p0 + e) * d + t] = v;
+        }
+        wcon[e] = dse * s * r2 * inv_w3;  // d s / d w = s |x|^2 / w^3
+      }
+      for (int idx = threadIdx.x; idx < ne * A; idx += blockDim.x) {
+        const int e = idx / A, a = idx - e * A;
+        gattr[(p0 + e) * A + a] = du[e * H0 + d + a];
+      }
+      __syncthreads();
+      if (threadIdx.x < d) {
+        for (int e = 0; e < ne; ++e) pd_acc -= dxs[e * d + threadIdx.x];
+      }
+      if (threadIdx.x == 0) {
+        T acc = Pb[p.off_width];
+        for (int e = 0; e < ne; ++e) acc += wcon[e];
+        Pb[p.off_width] = acc;
+      }
+      first = false;
+      __syncthreads();
+    }
+    if (first && Arow) {  // degree-0 row: A_i = 0
+      for (int64_t idx = threadIdx.x; idx < arow; idx += blockDim.x) Arow[idx] = T(0);
+    }
+    if (threadIdx.x < d) gpos_dst[row * d + threadIdx.x] = pd_acc;
+  }
+}
+
+// out[j, c] = sum_{q in [csc_rowptr[j], csc_rowptr[j+1])} src[csc_perm[q], c]  (fixed order)
+template <typename T>
+__global__ void csc_gather_kernel(const T* __restrict__ src, const int64_t* __restrict__ csc_rowptr,
+                                  const int64_t* __restrict__ csc_perm, const int64_t N_src,
+                                  const int64_t W, const int64_t E, T* __restrict__ out) {
+  const int64_t total = N_src * W;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t j = idx / W, c = idx - j * W;
+    const int64_t q0 = max(csc_rowptr[j], (int64_t)0);
+    const int64_t q1 = min(csc_rowptr[j + 1], E);
+    T acc = T(0);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t pp = csc_perm[q];
+      if (pp >= 0 && pp < E) acc += src[pp * W + c];
+    }
+    out[idx] = acc;
+  }
+}
+
+// out[k] = sum_{b < NB} partial[b, k]  (fixed order over b)
+template <typename T>
+__global__ void reduce_partials_kernel(const T* __restrict__ partial, const int64_t NB,
+                                       const int64_t n, T* __restrict__ out) {
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    T acc = T(0);
+    for (int64_t b = 0; b < NB; ++b) acc += partial[b * n + idx];
+    out[idx] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+namespace {
+
+int64_t env_int(const char* name, int64_t dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char* endp = nullptr;
+  const long long r = std::strtoll(v, &endp, 10);
+  return (endp && *endp == '\0' && r > 0) ? (int64_t)r : dflt;
+}
+
+unsigned int grid_1d(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  b = std::max<int64_t>(1, std::min<int64_t>(b, 65535LL * 16));
+  return (unsigned int)b;
+}
+
+struct Sizes {
+  int64_t N_src, N_dst, E, d, A, C_in, C_out, H, L;
+};
+
+// Validates everything that can be validated without reading device memory.
+Sizes check_inputs(const char* op, const Tensor& x_src, const Tensor& pos_src,
+                   const Tensor& pos_dst, const Tensor& edge_attr, const Tensor& rowptr,
+                   const Tensor& col, at::TensorList weights, at::TensorList biases,
+                   at::TensorList samplers, at::TensorList projectors,
+                   at::IntArrayRef activations, const Tensor& width, const Tensor& Wt) {
+  TORCH_CHECK(x_src.is_cuda(), op, ": x_src must be a CUDA tensor");
+  const auto dev = x_src.device();
+  const auto dt = x_src.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op,
+              ": x_src must be float32 or float64, got ", dt);
+  auto chk_float = [&](const Tensor& t, const char* name) {
+    TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+    TORCH_CHECK(t.device() == dev, op, ": ", name, " must be on ", dev, ", got ", t.device());
+    TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must have dtype ", dt, ", got ",
+                t.scalar_type());
+  };
+  auto chk_index = [&](const Tensor& t, const char* name) {
+    TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+    TORCH_CHECK(t.device() == dev, op, ": ", name, " must be on ", dev, ", got ", t.device());
+    TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
+                t.scalar_type());
+    TORCH_CHECK(t.dim() == 1, op, ": ", name, " must be 1-D, got shape ", t.sizes());
+  };
+  chk_float(pos_src, "pos_src");
+  chk_float(pos_dst, "pos_dst");
+  chk_float(edge_attr, "edge_attr");
+  chk_float(width, "width");
+  chk_float(Wt, "Wt");
+  chk_index(rowptr, "rowptr");
+  chk_index(col, "col");
+
+  Sizes s;
+  TORCH_CHECK(x_src.dim() == 2, op, ": x_src must be [N_src, C_in], got ", x_src.sizes());
+  s.N_src = x_src.size(0);
+  s.C_in = x_src.size(1);
+  TORCH_CHECK(s.C_in >= 1, op, ": x_src needs at least one channel");
+  TORCH_CHECK(pos_src.dim() == 2 && pos_src.size(0) == s.N_src, op,
+              ": pos_src must be [N_src, d] with N_src = ", s.N_src, ", got ", pos_src.sizes());
+  s.d = pos_src.size(1);
+  TORCH_CHECK(s.d >= 1, op, ": positions need at least one coordinate");
+  TORCH_CHECK(pos_dst.dim() == 2 && pos_dst.size(1) == s.d, op,
+              ": pos_dst must be [N_dst, ", s.d, "], got ", pos_dst.sizes());
+  s.N_dst = pos_dst.size(0);
+  TORCH_CHECK(rowptr.numel() == s.N_dst + 1, op, ": rowptr must have N_dst + 1 = ",
+              s.N_dst + 1, " entries, got ", rowptr.numel());
+  s.E = col.numel();
+  TORCH_CHECK(edge_attr.dim() == 2 && edge_attr.size(0) == s.E, op,
+              ": edge_attr must be [E, A] with E = ", s.E, " (use [E, 0] for none), got ",
+              edge_attr.sizes());
+  s.A = edge_attr.size(1);
+  TORCH_CHECK(width.numel() == 1, op, ": width must hold one value, got shape ", width.sizes());
+
+  const int64_t L = (int64_t)weights.size();
+  s.L = L;
+  TORCH_CHECK(L <= kMaxLayers, op, ": the CUDA kernels support at most ", kMaxLayers,
+              " plan layers, got ", L);
+  TORCH_CHECK((int64_t)biases.size() == L && (int64_t)samplers.size() == L &&
+                  (int64_t)projectors.size() == L && (int64_t)activations.size() == L,
+              op, ": weights, biases, samplers, projectors and activations must have the same "
+              "length, got ", L, ", ", biases.size(), ", ", samplers.size(), ", ",
+              projectors.size(), ", ", activations.size());
+  int64_t Hprev = s.d + s.A;
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor& W = weights[l];
+    const Tensor& b = biases[l];
+    const Tensor& Q = samplers[l];
+    const Tensor& P = projectors[l];
+    chk_float(W, "weights[l]");
+    chk_float(b, "biases[l]");
+    TORCH_CHECK(W.dim() == 2 && W.size(1) == Hprev && W.size(0) >= 1, op, ": weights[", l,
+                "] must be [H', ", Hprev, "], got ", W.sizes());
+    const int64_t hp = W.size(0);
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == hp, op, ": biases[", l, "] must be [", hp,
+                "], got ", b.sizes());
+    const int64_t code = activations[l];
+    TORCH_CHECK(code >= 0 && code <= 4, op, ": activations[", l,
+                "] must be a code of plan.ACTIVATIONS (0..4), got ", code);
+    TORCH_CHECK(Q.defined() && P.defined(), op, ": samplers/projectors[", l, "] undefined");
+    if (Q.numel() == 0) {
+      TORCH_CHECK(P.numel() == 0, op, ": projectors[", l,
+                  "] must be empty when samplers[", l, "] is empty");
+      Hprev = hp;
+    } else {
+      chk_float(Q, "samplers[l]");
+      chk_float(P, "projectors[l]");
+      TORCH_CHECK(Q.dim() == 2, op, ": samplers[", l, "] must be [G, F], got ", Q.sizes());
+      const int64_t G = Q.size(0), F = Q.size(1);
+      TORCH_CHECK(hp % F == 0, op, ": weights[", l, "] rows (", hp,
+                  ") must be a multiple of samplers[", l, "].shape[1] (", F, ")");
+      TORCH_CHECK(P.dim() == 2 && P.size(1) == G && P.size(0) >= 1, op, ": projectors[", l,
+                  "] must be [F', ", G, "], got ", P.sizes());
+      Hprev = (hp / F) * P.size(0);
+    }
+  }
+  s.H = Hprev;
+  TORCH_CHECK(Wt.dim() == 2 && Wt.size(1) == (s.H + 1) * s.C_in, op,
+              ": Wt must be [C_out, (H + 1) * C_in] = [C_out, ", (s.H + 1) * s.C_in,
+              "], got ", Wt.sizes());
+  s.C_out = Wt.size(0);
+  // int32 indexing inside the tiles
+  TORCH_CHECK((s.H + 1) * s.C_in < (int64_t)1 << 31, op, ": (H + 1) * C_in too large");
+  return s;
+}
+
+// Builds the kernel-side plan. `keep` holds the contiguous/transposed copies
+// alive until the kernels are enqueued (the caching allocator is stream-safe).
+template <typename T>
+PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases,
+                   at::TensorList samplers, at::TensorList projectors,
+                   at::IntArrayRef activations, const Tensor& width,
+                   std::vector<Tensor>& keep) {
+  PlanP<T> p{};
+  p.L = (int)s.L;
+  p.d = (int)s.d;
+  p.A = (int)s.A;
+  p.H0 = (int)(s.d + s.A);
+  p.H = (int)s.H;
+  p.C_in = (int)s.C_in;
+  int maxU = p.H0, maxZ = 1, maxS = 1;
+  int64_t off = 0;
+  auto hold = [&](Tensor t) -> const T* {
+    keep.push_back(t);
+    return t.data_ptr<T>();
+  };
+  for (int l = 0; l < p.L; ++l) {
+    LayerP<T>& Ly = p.layer[l];
+    const Tensor W = weights[l].contiguous();
+    Ly.W = hold(W);
+    Ly.WT = hold(W.t().contiguous());
+    Ly.b = hold(biases[l].contiguous());
+    Ly.hp = (int)W.size(0);
+    Ly.in = (int)W.size(1);
+    Ly.act = (int)activations[l];
+    Ly.off_W = off; off += (int64_t)Ly.hp * Ly.in;
+    Ly.off_b = off; off += Ly.hp;
+    const Tensor& Q = samplers[l];
+    if (Q.numel() == 0) {
+      Ly.fourier = 0;
+      Ly.Q = Ly.QT = Ly.P = Ly.PT = nullptr;
+      Ly.M = Ly.hp; Ly.F = 1; Ly.G = 0; Ly.Fp = 1;
+      Ly.out = Ly.hp;
+      Ly.off_Q = Ly.off_P = off;
+    } else {
+      Ly.fourier = 1;
+      const Tensor Qc = Q.contiguous();
+      const Tensor Pc = projectors[l].contiguous();
+      Ly.Q = hold(Qc);
+      Ly.QT = hold(Qc.t().contiguous());
+      Ly.P = hold(Pc);
+      Ly.PT = hold(Pc.t().contiguous());
+      Ly.G = (int)Qc.size(0);
+      Ly.F = (int)Qc.size(1);
+      Ly.Fp = (int)Pc.size(0);
+      Ly.M = Ly.hp / Ly.F;
+      Ly.out = Ly.M * Ly.Fp;
+      Ly.off_Q = off; off += (int64_t)Ly.G * Ly.F;
+      Ly.off_P = off; off += (int64_t)Ly.Fp * Ly.G;
+      maxS = std::max(maxS, Ly.M * Ly.G);
+    }
+    maxU = std::max(maxU, Ly.out);
+    maxZ = std::max(maxZ, Ly.hp);
+  }
+  p.maxU = std::max(maxU, 1);
+  p.maxZ = maxZ;
+  p.maxS = maxS;
+  p.width = hold(width.contiguous());
+  p.off_width = off; off += 1;
+  p.n_params = off;
+  return p;
+}
+
+// Largest TE in [1, te_max] whose shared memory fits `limit` bytes (0 if none).
+template <typename F>
+int choose_tile(int te_max, int64_t limit, F bytes_of) {
+  for (int te = te_max; te >= 1; --te)
+    if (bytes_of(te) <= limit) return te;
+  return 0;
+}
+
+int64_t chunk_rows_for(int64_t N_dst, int64_t row_bytes) {
+  const int64_t budget = env_int("PYG_IMPLICIT_CUDA_WS_MB", 256) * (int64_t)1024 * 1024;
+  const int64_t rows = std::max<int64_t>(1, budget / std::max<int64_t>(row_bytes, 1));
+  return std::max<int64_t>(1, std::min<int64_t>(rows, N_dst));
+}
+
+template <typename T>
+void forward_impl(const Sizes& s, const PlanP<T>& plan, const Tensor& x_src,
+                  const Tensor& pos_src, const Tensor& pos_dst, const Tensor& edge_attr,
+                  const Tensor& rowptr, const Tensor& col, const Tensor& Wt, Tensor& out) {
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t limit = (int64_t)prop->sharedMemPerBlockOptin;
+  const int te_max = (int)std::min<int64_t>(env_int("PYG_IMPLICIT_CUDA_TE", 8), 64);
+  const int TE = choose_tile(te_max, limit, [&](int te) {
+    return fwd_layout(plan, te).total * (int64_t)sizeof(T);
+  });
+  TORCH_CHECK(TE >= 1, "point_conv_forward (CUDA): the plan needs ",
+              fwd_layout(plan, 1).total * (int64_t)sizeof(T),
+              " bytes of shared memory per edge tile of one edge, more than this device's "
+              "per-block limit of ", limit, " bytes (grid or hidden size too large for the "
+              "CUDA kernels; use float32 or a smaller plan)");
+  const FwdLayout lay = fwd_layout(plan, TE);
+  const int64_t smem = lay.total * (int64_t)sizeof(T);
+  auto kernel = point_conv_fwd_kernel<T>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+  auto stream = at::cuda::getCurrentCUDAStream();
+
+  const int64_t arow = (s.H + 1) * s.C_in;
+  const int64_t chunk = chunk_rows_for(s.N_dst, arow * (int64_t)sizeof(T));
+  Tensor Aws = at::empty({chunk, arow}, x_src.options());
+  const Tensor WtT = Wt.t();
+  for (int64_t r0 = 0; r0 < s.N_dst; r0 += chunk) {
+    const int64_t n = std::min(chunk, s.N_dst - r0);
+    const unsigned int grid = (unsigned int)std::min<int64_t>(n, (int64_t)1 << 30);
+    kernel<<<grid, kThreads, (size_t)smem, stream>>>(
+        plan, lay, TE, x_src.data_ptr<T>(), pos_src.data_ptr<T>(), pos_dst.data_ptr<T>(),
+        edge_attr.data_ptr<T>(), rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), s.N_src,
+        s.E, r0, n, Aws.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    Tensor out_rows = out.narrow(0, r0, n);
+    at::mm_out(out_rows, Aws.narrow(0, 0, n), WtT);
+  }
+}
+
+}  // namespace
+
+Tensor point_conv_forward_cuda(const Tensor& x_src_, const Tensor& pos_src_,
+                               const Tensor& pos_dst_, const Tensor& edge_attr_,
+                               const Tensor& rowptr_, const Tensor& col_,
+                               at::TensorList weights, at::TensorList biases,
+                               at::TensorList samplers, at::TensorList projectors,
+                               at::IntArrayRef activations, const Tensor& width,
+                               const Tensor& Wt_) {
+  const Sizes s = check_inputs("point_conv_forward (CUDA)", x_src_, pos_src_, pos_dst_,
+                               edge_attr_, rowptr_, col_, weights, biases, samplers,
+                               projectors, activations, width, Wt_);
+  const c10::cuda::CUDAGuard guard(x_src_.device());
+  const Tensor x_src = x_src_.contiguous();
+  const Tensor pos_src = pos_src_.contiguous();
+  const Tensor pos_dst = pos_dst_.contiguous();
+  const Tensor edge_attr = edge_attr_.contiguous();
+  const Tensor rowptr = rowptr_.contiguous();
+  const Tensor col = col_.contiguous();
+  const Tensor Wt = Wt_.contiguous();
+
+  Tensor out = at::empty({s.N_dst, s.C_out}, x_src.options());
+  if (s.N_dst == 0) return out;
+  if (s.E == 0 || s.N_src == 0) return out.zero_();
+
+  AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_forward_cuda", [&] {
+    std::vector<Tensor> keep;
+    const PlanP<scalar_t> plan =
+        make_plan<scalar_t>(s, weights, biases, samplers, projectors, activations, width, keep);
+    forward_impl<scalar_t>(s, plan, x_src, pos_src, pos_dst, edge_attr, rowptr, col, Wt, out);
+  });
+  return out;
+}
+
+using BwdResult = std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
+                             std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+                             Tensor, Tensor>;
+
+BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_,
+                                   const Tensor& pos_src_, const Tensor& pos_dst_,
+                                   const Tensor& edge_attr_, const Tensor& rowptr_,
+                                   const Tensor& col_, const Tensor& csc_rowptr_,
+                                   const Tensor& csc_perm_, at::TensorList weights,
+                                   at::TensorList biases, at::TensorList samplers,
+                                   at::TensorList projectors, at::IntArrayRef activations,
+                                   const Tensor& width, const Tensor& Wt_,
+                                   c10::List<bool> output_mask) {
+  const char* op = "point_conv_backward (CUDA)";
+  const Sizes s = check_inputs(op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_,
+                               weights, biases, samplers, projectors, activations, width, Wt_);
+  TORCH_CHECK(grad_out_.device() == x_src_.device() &&
+                  grad_out_.scalar_type() == x_src_.scalar_type(),
+              op, ": grad_out must match x_src's device and dtype");
+  TORCH_CHECK(grad_out_.dim() == 2 && grad_out_.size(0) == s.N_dst &&
+                  grad_out_.size(1) == s.C_out,
+              op, ": grad_out must be [", s.N_dst, ", ", s.C_out, "], got ", grad_out_.sizes());
+  for (const Tensor* t : {&csc_rowptr_, &csc_perm_}) {
+    TORCH_CHECK(t->device() == x_src_.device() && t->scalar_type() == at::kLong &&
+                    t->dim() == 1,
+                op, ": csc_rowptr and csc_perm must be 1-D int64 tensors on ", x_src_.device());
+  }
+  TORCH_CHECK(csc_rowptr_.numel() == s.N_src + 1, op, ": csc_rowptr must have N_src + 1 = ",
+              s.N_src + 1, " entries, got ", csc_rowptr_.numel());
+  TORCH_CHECK(csc_perm_.numel() == s.E, op, ": csc_perm must have E = ", s.E,
+              " entries, got ", csc_perm_.numel());
+  TORCH_CHECK(output_mask.size() == 10, op, ": output_mask must have 10 entries, got ",
+              output_mask.size());
+  bool mask[10];
+  for (int k = 0; k < 10; ++k) mask[k] = output_mask.get(k);
+
+  const c10::cuda::CUDAGuard guard(x_src_.device());
+  const Tensor grad_out = grad_out_.contiguous();
+  const Tensor x_src = x_src_.contiguous();
+  const Tensor pos_src = pos_src_.contiguous();
+  const Tensor pos_dst = pos_dst_.contiguous();
+  const Tensor edge_attr = edge_attr_.contiguous();
+  const Tensor rowptr = rowptr_.contiguous();
+  const Tensor col = col_.contiguous();
+  const Tensor csc_rowptr = csc_rowptr_.contiguous();
+  const Tensor csc_perm = csc_perm_.contiguous();
+  const Tensor Wt = Wt_.contiguous();
+  const auto opts = x_src.options();
+
+  Tensor g_x = at::zeros({s.N_src, s.C_in}, opts);
+  Tensor g_pos_src = at::zeros({s.N_src, s.d}, opts);
+  Tensor g_pos_dst = at::zeros({s.N_dst, s.d}, opts);
+  Tensor g_attr = at::zeros({s.E, s.A}, opts);
+  Tensor g_Wt = at::zeros_like(Wt);
+  std::vector<Tensor> g_W, g_b, g_Q, g_P;
+  Tensor g_width;
+
+  const bool any_edges = s.E > 0 && s.N_dst > 0 && s.N_src > 0;
+  const bool need_edge_kernel =
+      any_edges && (mask[0] || mask[1] || mask[2] || mask[3] || mask[4] || mask[5] ||
+                    mask[6] || mask[7] || mask[8] || mask[9]);
+
+  AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_backward_cuda", [&] {
+    using T = scalar_t;
+    std::vector<Tensor> keep;
+    PlanP<T> plan =
+        make_plan<T>(s, weights, biases, samplers, projectors, activations, width, keep);
+    Tensor flat = at::zeros({plan.n_params}, opts);
+
+    if (need_edge_kernel) {
+      const auto* prop = at::cuda::getCurrentDeviceProperties();
+      const int64_t limit = (int64_t)prop->sharedMemPerBlockOptin;
+      const int te_max = (int)std::min<int64_t>(env_int("PYG_IMPLICIT_CUDA_TE", 8), 64);
+      const int TE = choose_tile(te_max, limit, [&](int te) {
+        PlanP<T> tmp = plan;
+        return bwd_layout_fill(tmp, te).total * (int64_t)sizeof(T);
+      });
+      if (TE < 1) {
+        PlanP<T> tmp = plan;
+        TORCH_CHECK(false, op, ": the plan needs ",
+                    bwd_layout_fill(tmp, 1).total * (int64_t)sizeof(T),
+                    " bytes of shared memory per edge tile of one edge, more than this "
+                    "device's per-block limit of ", limit, " bytes (grid or hidden size too "
+                    "large for the CUDA kernels; use float32 or a smaller plan)");
+      }
+      const BwdLayout lay = bwd_layout_fill(plan, TE);
+      const int64_t smem = lay.total * (int64_t)sizeof(T);
+      auto kernel = point_conv_bwd_kernel<T>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem));
+      int per_sm = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
+                                                                    (size_t)smem));
+      const int64_t NB = std::max<int64_t>(1, (int64_t)std::max(per_sm, 1) *
+                                                  prop->multiProcessorCount);
+      Tensor partial = at::zeros({NB, plan.n_params}, opts);
+
+      const bool need_A = mask[9];
+      const bool need_dF = mask[0];
+      const int64_t arow = (s.H + 1) * s.C_in;
+      const int64_t chunk = chunk_rows_for(s.N_dst, 2 * arow * (int64_t)sizeof(T));
+      Tensor dAws = at::empty({chunk, arow}, opts);
+      Tensor Aws = need_A ? at::empty({chunk, arow}, opts) : Tensor();
+      Tensor dF = need_dF ? at::zeros({s.E, s.C_in}, opts) : Tensor();
+      Tensor dX = at::zeros({s.E, s.d}, opts);
+      auto stream = at::cuda::getCurrentCUDAStream();
+
+      for (int64_t r0 = 0; r0 < s.N_dst; r0 += chunk) {
+        const int64_t n = std::min(chunk, s.N_dst - r0);
+        const Tensor dout_rows = grad_out.narrow(0, r0, n);
+        Tensor dA_rows = dAws.narrow(0, 0, n);
+        at::mm_out(dA_rows, dout_rows, Wt);
+        const unsigned int grid = (unsigned int)std::min<int64_t>(NB, n);
+        kernel<<<grid, kThreads, (size_t)smem, stream>>>(
+            plan, lay, TE, x_src.data_ptr<T>(), pos_src.data_ptr<T>(), pos_dst.data_ptr<T>(),
+            edge_attr.data_ptr<T>(), rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
+            s.N_src, s.E, r0, n, dAws.data_ptr<T>(), need_A ? Aws.data_ptr<T>() : nullptr,
+            need_dF ? dF.data_ptr<T>() : nullptr, dX.data_ptr<T>(), g_pos_dst.data_ptr<T>(),
+            g_attr.data_ptr<T>(), partial.data_ptr<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (need_A) g_Wt.addmm_(dout_rows.t(), Aws.narrow(0, 0, n));
+      }
+
+      const int threads = 256;
+      if (need_dF) {
+        csc_gather_kernel<T><<<grid_1d(s.N_src * s.C_in, threads), threads, 0, stream>>>(
+            dF.data_ptr<T>(), csc_rowptr.data_ptr<int64_t>(), csc_perm.data_ptr<int64_t>(),
+            s.N_src, s.C_in, s.E, g_x.data_ptr<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      csc_gather_kernel<T><<<grid_1d(s.N_src * s.d, threads), threads, 0, stream>>>(
+          dX.data_ptr<T>(), csc_rowptr.data_ptr<int64_t>(), csc_perm.data_ptr<int64_t>(),
+          s.N_src, s.d, s.E, g_pos_src.data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      reduce_partials_kernel<T><<<grid_1d(plan.n_params, threads), threads, 0, stream>>>(
+          partial.data_ptr<T>(), NB, plan.n_params, flat.data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+
+    // split the flat parameter gradient (clones: outputs must not alias each other)
+    for (int l = 0; l < plan.L; ++l) {
+      const LayerP<T>& Ly = plan.layer[l];
+      g_W.push_back(flat.narrow(0, Ly.off_W, (int64_t)Ly.hp * Ly.in)
+                        .view(weights[l].sizes()).clone());
+      g_b.push_back(flat.narrow(0, Ly.off_b, Ly.hp).view(biases[l].sizes()).clone());
+      if (Ly.fourier) {
+        g_Q.push_back(flat.narrow(0, Ly.off_Q, (int64_t)Ly.G * Ly.F)
+                          .view(samplers[l].sizes()).clone());
+        g_P.push_back(flat.narrow(0, Ly.off_P, (int64_t)Ly.Fp * Ly.G)
+                          .view(projectors[l].sizes()).clone());
+      } else {
+        g_Q.push_back(at::zeros(samplers[l].sizes(), opts));
+        g_P.push_back(at::zeros(projectors[l].sizes(), opts));
+      }
+    }
+    g_width = flat.narrow(0, plan.off_width, 1).view(width.sizes()).clone();
+  });
+
+  return BwdResult(g_x, g_pos_src, g_pos_dst, g_attr, g_W, g_b, g_Q, g_P, g_width, g_Wt);
+}
+
+}  // namespace pyg_implicit_cuda
+
+TORCH_LIBRARY_IMPL(pyg_implicit, CUDA, m) {
+  m.impl("point_conv_forward", &pyg_implicit_cuda::point_conv_forward_cuda);
+  m.impl("point_conv_backward", &pyg_implicit_cuda::point_conv_backward_cuda);
+}

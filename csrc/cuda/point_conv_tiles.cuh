@@ -1,0 +1,233 @@
+// Device building blocks of the fused CUDA point convolution.
+//
+// Everything here is executed cooperatively by all threads of one block on
+// small per-block tiles (TE edges) that live in shared memory. Loops have a
+// fixed trip order, so every result is bitwise reproducible.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace pyg_implicit_cuda {
+
+constexpr int kMaxLayers = 8;  // plan layers supported by the CUDA kernels
+constexpr int kThreads = 256;  // threads per block of the edge kernels
+constexpr int kRowTile = 4;    // rows per thread in tile_gemm (register tile)
+
+// ---------------------------------------------------------------------------
+// Plan description passed by value (as a __grid_constant__ kernel parameter).
+// ---------------------------------------------------------------------------
+template <typename T>
+struct LayerP {
+  const T* W;   // [hp, in]   (original layout, used by the backward)
+  const T* WT;  // [in, hp]   (transposed copy, coalesced forward reads)
+  const T* b;   // [hp]
+  const T* Q;   // [G, F]     (Fourier only)
+  const T* QT;  // [F, G]
+  const T* P;   // [Fp, G]
+  const T* PT;  // [G, Fp]
+  int in;       // H_{l-1}
+  int hp;       // H'_l (rows of W)
+  int out;      // H_l
+  int M, F, G, Fp;
+  int act;      // activation code
+  int fourier;  // 1 if sampler/projector are present
+  // offsets into the flat parameter-gradient vector (backward)
+  int64_t off_W, off_b, off_Q, off_P;
+  // offsets (in elements of T, for TE edges) of the stored activations in the
+  // backward kernel's shared memory
+  int64_t sm_z, sm_S, sm_u_out;
+};
+
+template <typename T>
+struct PlanP {
+  LayerP<T> layer[kMaxLayers];
+  int L;      // number of layers
+  int d;      // position dimension
+  int A;      // edge attribute dimension
+  int H0;     // d + A
+  int H;      // H_L (hidden size before the envelope column)
+  int C_in;
+  int maxU;   // max_l H_l (l = 0..L), >= 1
+  int maxZ;   // max_l H'_l, >= 1
+  int maxS;   // max_l M_l * G_l over Fourier layers, >= 1
+  const T* width;  // 0-d device tensor
+  int64_t off_width;
+  int64_t n_params;
+};
+
+// Shared-memory layout of the forward kernel (offsets in elements of T).
+struct FwdLayout {
+  int64_t bufA, bufB, z, s, x, env, g, f, total;
+};
+
+template <typename T>
+__host__ __device__ inline FwdLayout fwd_layout(const PlanP<T>& p, int TE) {
+  FwdLayout o;
+  int64_t c = 0;
+  o.bufA = c; c += (int64_t)TE * p.maxU;
+  o.bufB = c; c += (int64_t)TE * p.maxU;
+  o.z = c;    c += (int64_t)TE * p.maxZ;
+  o.s = c;    c += (int64_t)TE * p.maxS;
+  o.x = c;    c += (int64_t)TE * p.d;
+  o.env = c;  c += TE;
+  o.g = c;    c += (int64_t)TE * (p.H + 1);
+  o.f = c;    c += (int64_t)TE * p.C_in;
+  o.total = c;
+  return o;
+}
+
+// Shared-memory layout of the backward kernel. The per-layer stored
+// activations (z_l, S_l, u_l) are written into p.layer[l].sm_* by the host
+// (see bwd_layout_fill); the remaining buffers are here.
+struct BwdLayout {
+  int64_t x, env, ds, wcon, dxs, u0, scratch, g, f, dg, du, dz, total;
+};
+
+// Fills the layer offsets of `p` and returns the rest of the layout.
+template <typename T>
+inline BwdLayout bwd_layout_fill(PlanP<T>& p, int TE) {
+  BwdLayout o;
+  int64_t c = 0;
+  o.x = c;    c += (int64_t)TE * p.d;
+  o.env = c;  c += TE;
+  o.ds = c;   c += TE;
+  o.wcon = c; c += TE;
+  o.dxs = c;  c += (int64_t)TE * p.d;
+  o.u0 = c;   c += (int64_t)TE * p.H0;
+  for (int l = 0; l < p.L; ++l) {
+    LayerP<T>& Ly = p.layer[l];
+    Ly.sm_z = c; c += (int64_t)TE * Ly.hp;
+    Ly.sm_S = c; c += Ly.fourier ? (int64_t)TE * Ly.M * Ly.G : 0;
+    Ly.sm_u_out = c; c += (int64_t)TE * Ly.out;
+  }
+  o.scratch = c; c += (int64_t)TE * p.maxS;
+  o.g = c;    c += (int64_t)TE * (p.H + 1);
+  o.f = c;    c += (int64_t)TE * p.C_in;
+  o.dg = c;   c += (int64_t)TE * (p.H + 1);
+  o.du = c;   c += (int64_t)TE * p.maxU;
+  o.dz = c;   c += (int64_t)TE * p.maxZ;
+  o.total = c;
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// Scalar helpers
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ float dev_exp(float v) { return expf(v); }
+__device__ __forceinline__ double dev_exp(double v) { return exp(v); }
+__device__ __forceinline__ float dev_expm1(float v) { return expm1f(v); }
+__device__ __forceinline__ double dev_expm1(double v) { return expm1(v); }
+__device__ __forceinline__ float dev_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double dev_tanh(double v) { return tanh(v); }
+
+// Activation codes: elu 0, relu 1, silu 2, tanh 3, sigmoid 4 (plan.ACTIVATIONS).
+template <typename T>
+__device__ __forceinline__ T act_f(int code, T z) {
+  switch (code) {
+    case 0: return z > T(0) ? z : dev_expm1(z);
+    case 1: return z > T(0) ? z : T(0);
+    case 2: return z / (T(1) + dev_exp(-z));
+    case 3: return dev_tanh(z);
+    default: return T(1) / (T(1) + dev_exp(-z));
+  }
+}
+
+// Derivative of the activation w.r.t. its pre-activation z (same conventions
+// as torch's backward formulas: relu'(0) = 0, elu'(0) = 1).
+template <typename T>
+__device__ __forceinline__ T act_df(int code, T z) {
+  switch (code) {
+    case 0: return z > T(0) ? T(1) : dev_exp(z);
+    case 1: return z > T(0) ? T(1) : T(0);
+    case 2: {
+      const T sg = T(1) / (T(1) + dev_exp(-z));
+      return sg * (T(1) + z * (T(1) - sg));
+    }
+    case 3: {
+      const T t = dev_tanh(z);
+      return T(1) - t * t;
+    }
+    default: {
+      const T sg = T(1) / (T(1) + dev_exp(-z));
+      return sg * (T(1) - sg);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Block-cooperative tile operations. The caller places __syncthreads()
+// between dependent calls.
+// ---------------------------------------------------------------------------
+
+// out[r * ldo + n] = act( bias[n] + sum_k in[r * K + k] * B[k * ldk + n * ldn] )
+// for r < nrows, n < N. `in` is row-major [nrows, K] (shared memory), B is a
+// read-only matrix (global memory), bias may be null, act < 0 means identity.
+// Each thread computes kRowTile rows of one column n, so each B element read
+// is reused kRowTile times from a register. Summation order over k is fixed.
+template <typename T>
+__device__ __forceinline__ void tile_gemm(const T* __restrict__ in, int nrows, int K,
+                                          const T* __restrict__ B, int64_t ldk, int64_t ldn,
+                                          const T* __restrict__ bias, int N,
+                                          T* __restrict__ out, int64_t ldo, int act) {
+  if (nrows <= 0 || N <= 0) return;
+  const int ngroups = (nrows + kRowTile - 1) / kRowTile;
+  const int total = ngroups * N;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int n = idx % N;
+    const int r0 = (idx / N) * kRowTile;
+    const T b0 = bias ? bias[n] : T(0);
+    T acc[kRowTile];
+    const T* rowp[kRowTile];
+#pragma unroll
+    for (int t = 0; t < kRowTile; ++t) {
+      acc[t] = b0;
+      const int r = min(r0 + t, nrows - 1);  // clamp: valid address, result discarded
+      rowp[t] = in + (int64_t)r * K;
+    }
+    const T* bp = B + (int64_t)n * ldn;
+    for (int k = 0; k < K; ++k) {
+      const T w = bp[(int64_t)k * ldk];
+#pragma unroll
+      for (int t = 0; t < kRowTile; ++t) acc[t] += rowp[t][k] * w;
+    }
+#pragma unroll
+    for (int t = 0; t < kRowTile; ++t) {
+      if (r0 + t < nrows) {
+        T v = acc[t];
+        if (act >= 0) v = act_f<T>(act, v);
+        out[(int64_t)(r0 + t) * ldo + n] = v;
+      }
+    }
+  }
+}
+
+// dst[i * J + j] = (accumulate ? dst[i * J + j] : 0) + sum_{r < nrows} a[r * lda + i] * b[r * ldb + j]
+// for i < I, j < J. a, b in shared memory; dst owned by this block (global).
+// The sum over r runs in increasing r.
+template <typename T>
+__device__ __forceinline__ void tile_outer_acc(const T* __restrict__ a, int lda, int I,
+                                               const T* __restrict__ b, int ldb, int J,
+                                               int nrows, T* __restrict__ dst, bool accumulate) {
+  const int total = I * J;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int i = idx / J;
+    const int j = idx - i * J;
+    T acc = accumulate ? dst[idx] : T(0);
+    for (int r = 0; r < nrows; ++r) acc += a[r * lda + i] * b[r * ldb + j];
+    dst[idx] = acc;
+  }
+}
+
+// dst[n] += sum_{r < nrows} a[r * N + n]   (block-owned dst, fixed order)
+template <typename T>
+__device__ __forceinline__ void tile_colsum_acc(const T* __restrict__ a, int nrows, int N,
+                                                T* __restrict__ dst) {
+  for (int n = threadIdx.x; n < N; n += blockDim.x) {
+    T acc = dst[n];
+    for (int r = 0; r < nrows; ++r) acc += a[r * N + n];
+    dst[n] = acc;
+  }
+}
+
+}  // namespace pyg_implicit_cuda
