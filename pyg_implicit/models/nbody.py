@@ -1,0 +1,205 @@
+r"""Implicit-kernel model for the charged N-body task.
+
+:class:`NBodyModel` predicts particle positions ``T`` steps ahead from the
+current positions, velocities and charges (see
+:mod:`pyg_implicit.datasets.nbody`). It is a stack of
+:class:`~pyg_implicit.ImplicitPointConv` layers over the fully connected
+particle graph **with self loops** (the kernel at relative position 0 is a
+learned self-interaction, constrained like every other kernel value).
+
+Symmetry groups (the ``group`` argument) and their escnn gspaces:
+
+============  ===============================  ===========================================
+``group``     gspace                           symmetries (besides translations)
+============  ===============================  ===========================================
+``"o3"``      ``flipRot3dOnR3()``              all rotations and reflections, O(3)
+``"so3"``     ``rot3dOnR3()``                  all rotations, SO(3)
+``"so2z"``    ``rot2dOnR3()``                  rotations about z, SO(2)
+``"o2z"``     ``conicalOnR3()``                rotations about z and mirrors in planes
+                                               containing z, O(2); z is fixed
+                                               (``fullCylindricalOnR3()`` would add
+                                               z -> -z, which a field along z breaks)
+============  ===============================  ===========================================
+
+For ``charged`` all four are symmetries of the data (O(3) is the largest); for
+``charged-field`` only ``so2z`` and ``o2z`` are, and O(3)/SO(3) models are
+over-constrained (they cannot even represent the field's direction).
+
+Every field type is built for O(3) and *restricted* to the chosen subgroup,
+so the models of different groups have identical feature sizes and differ
+only in the equivariance constraint of their kernels.
+
+Per layer (``h`` node features: ``s`` scalars, ``v`` vectors of the standard
+representation of O(3), ``t`` optional l = 2 fields):
+
+.. code-block:: text
+
+    [s', g, v', t'] = ImplicitPointConv(h, pos, edge_index, edge_attr)
+    h <- h + [silu(s'), sigmoid(g_v) * v', sigmoid(g_t) * t']   (gated, residual)
+
+Inputs: node features ``[q, |v|, v]`` (trivial, trivial, standard); edge
+attributes ``[q_src q_dst, |pos_src - pos_dst|]`` (trivial) plus, optionally,
+``v_src, v_dst`` (standard). Output: ``pos + a * vel + delta`` with ``delta``
+a standard-representation field from a final convolution and ``a`` a learnable
+scalar (initially 1, the "linear" baseline).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+GROUPS = ("o3", "so3", "so2z", "o2z")
+_GSPACE_FN = {"o3": "flipRot3dOnR3", "so3": "rot3dOnR3", "so2z": "rot2dOnR3",
+              "o2z": "conicalOnR3"}
+
+
+def make_gspace(group: str):
+    """The escnn gspace on R^3 for a group name in :data:`GROUPS`."""
+    from escnn import gspaces
+
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    return getattr(gspaces, _GSPACE_FN[group])()
+
+
+def _restrict(ftype, group: str):
+    """Restrict an O(3) field type to the subgroup named ``group``."""
+    if group == "o3":
+        return ftype
+    return ftype.restrict(make_gspace(group)._sg_id)
+
+
+def fully_connected_edges(num_graphs: int, n: int, self_loops: bool = True,
+                          device=None) -> torch.Tensor:
+    """``edge_index`` [2, B * n * n'] of ``num_graphs`` fully connected graphs of ``n`` nodes
+    (``n' = n`` with self loops, ``n - 1`` without), nodes numbered graph by graph."""
+    idx = torch.arange(n, device=device)
+    src = idx.repeat_interleave(n)
+    dst = idx.repeat(n)
+    if not self_loops:
+        keep = src != dst
+        src, dst = src[keep], dst[keep]
+    off = (torch.arange(num_graphs, device=device) * n).repeat_interleave(src.numel())
+    return torch.stack([src.repeat(num_graphs) + off, dst.repeat(num_graphs) + off])
+
+
+class NBodyModel(torch.nn.Module):
+    r"""Implicit steerable-kernel network for N-body position prediction.
+
+    Args:
+        group: ``"o3"``, ``"so3"``, ``"so2z"`` or ``"o2z"`` (see module docstring).
+        num_layers: number of hidden convolutions (a final convolution to the
+            output vector comes on top).
+        scalars, vectors, tensors: multiplicities of the hidden l = 0, l = 1
+            (standard) and l = 2 fields.
+        hidden_channels, hidden_layers, band_limit: kernel-MLP size, passed to
+            :class:`~pyg_implicit.ImplicitPointConv`.
+        velocity_attr: also give ``v_src``, ``v_dst`` to the kernels as vector
+            edge attributes.
+        width: initial width of the kernels' Gaussian radial envelope.
+        conv_kwargs: further keyword arguments of the convolution (e.g. ``backend``).
+
+    Shapes:
+        ``forward(pos [N, 3], vel [N, 3], charges [N] or [N, 1], edge_index [2, E])
+        -> [N, 3]`` predicted positions.
+    """
+
+    def __init__(self, group: str = "o3", num_layers: int = 4, scalars: int = 16,
+                 vectors: int = 8, tensors: int = 0, hidden_channels: int = 16,
+                 hidden_layers: int = 2, band_limit: int = 2, velocity_attr: bool = True,
+                 width: float = 2.0, conv_kwargs: Optional[Dict] = None):
+        super().__init__()
+        from escnn import gspaces
+
+        from pyg_implicit import ImplicitPointConv
+
+        if group not in GROUPS:
+            raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.group = group
+        self.config = dict(group=group, num_layers=num_layers, scalars=scalars, vectors=vectors,
+                           tensors=tensors, hidden_channels=hidden_channels,
+                           hidden_layers=hidden_layers, band_limit=band_limit,
+                           velocity_attr=velocity_attr, width=width,
+                           conv_kwargs=dict(conv_kwargs or {}))
+        o3 = gspaces.flipRot3dOnR3()
+        G = o3.fibergroup
+        triv, vec, l2 = G.irrep(0, 0), G.standard_representation(), G.irrep(0, 2)
+        self.scalars, self.vectors, self.tensors = scalars, vectors, tensors
+        ngates = vectors + tensors
+
+        def ftype(*reps):
+            return _restrict(o3.type(*reps), group)
+
+        self.in_type = ftype(triv, triv, vec)
+        self.hidden_type = ftype(*([triv] * scalars + [vec] * vectors + [l2] * tensors))
+        self.gated_type = ftype(*([triv] * (scalars + ngates) + [vec] * vectors
+                                  + [l2] * tensors))
+        self.out_type = ftype(vec)
+        self.velocity_attr = velocity_attr
+        self.edge_attr_type = self._attr_type(o3, group, velocity_attr)
+        self.gspace = self.in_type.gspace
+
+        kw = dict(hidden_channels=hidden_channels, hidden_layers=hidden_layers)
+        kw.update(conv_kwargs or {})
+        params = inspect.signature(ImplicitPointConv.__init__).parameters
+        accepts_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        for name, value in (("band_limit", band_limit), ("width", width)):
+            if name in params or accepts_kwargs:
+                kw.setdefault(name, value)
+
+        self.convs = torch.nn.ModuleList()
+        t_in = self.in_type
+        for _ in range(num_layers):
+            self.convs.append(ImplicitPointConv(t_in, self.gated_type, self.edge_attr_type, **kw))
+            t_in = self.hidden_type
+        self.out_conv = ImplicitPointConv(self.hidden_type, self.out_type, self.edge_attr_type,
+                                          **kw)
+        self.vel_coef = torch.nn.Parameter(torch.ones(()))
+
+    @staticmethod
+    def _attr_type(o3, group: str, velocity_attr: bool):
+        G = o3.fibergroup
+        reps = [G.irrep(0, 0)] * 2 + ([G.standard_representation()] * 2 if velocity_attr else [])
+        return _restrict(o3.type(*reps), group)
+
+    # ------------------------------------------------------------------ helpers
+    def _gate(self, y: torch.Tensor) -> torch.Tensor:
+        """[s, g_v, g_t, v, t] -> [silu(s), sigmoid(g_v) v, sigmoid(g_t) t]."""
+        N, s, nv, nt = y.shape[0], self.scalars, self.vectors, self.tensors
+        gates = torch.sigmoid(y[:, s:s + nv + nt])
+        off = s + nv + nt
+        parts = [F.silu(y[:, :s])]
+        if nv:
+            v = y[:, off:off + 3 * nv].reshape(N, nv, 3) * gates[:, :nv, None]
+            parts.append(v.reshape(N, 3 * nv))
+        off += 3 * nv
+        if nt:
+            t = y[:, off:off + 5 * nt].reshape(N, nt, 5) * gates[:, nv:, None]
+            parts.append(t.reshape(N, 5 * nt))
+        return torch.cat(parts, dim=1)
+
+    def edge_attributes(self, pos, vel, charges, edge_index) -> torch.Tensor:
+        src, dst = edge_index
+        q = charges.reshape(-1)
+        dist = (pos[src] - pos[dst]).norm(dim=-1, keepdim=True)
+        attrs = [(q[src] * q[dst])[:, None], dist]
+        if self.velocity_attr:
+            attrs += [vel[src], vel[dst]]
+        return torch.cat(attrs, dim=1)
+
+    def forward(self, pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor,
+                edge_index: torch.Tensor) -> torch.Tensor:
+        q = charges.reshape(-1, 1).to(pos.dtype)
+        x = torch.cat([q, vel.norm(dim=-1, keepdim=True), vel], dim=1)
+        a = self.edge_attributes(pos, vel, q, edge_index)
+        h = None
+        for i, conv in enumerate(self.convs):
+            y = self._gate(conv(x if h is None else h, pos, edge_index, a))
+            h = y if h is None else h + y
+        delta = self.out_conv(h, pos, edge_index, a)
+        return pos + self.vel_coef * vel + delta

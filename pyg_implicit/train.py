@@ -1,0 +1,387 @@
+r"""Training command line for the paper's models.
+
+N-body (charged particles, see :mod:`pyg_implicit.datasets.nbody`)::
+
+    python -m pyg_implicit.datasets.nbody generate --out data/nbody_charged
+    python -m pyg_implicit.train nbody --data data/nbody_charged [--group o3|so3|so2z|o2z] \
+        [--epochs N] [--device cpu|cuda] [--seed S]
+
+Per epoch: a progress bar over the training batches, then the validation MSE.
+The best model (lowest validation MSE) and the last training state are saved
+under ``--checkpoint-dir``; re-running the same command resumes from the last
+state (``--no-resume`` starts over). At the end the best model is evaluated on
+the test split; the test MSE is printed and written with the command, group,
+variant and wall time to ``benchmarks/results/nbody_<variant>_<group>.json``
+(or ``--results``).
+
+Multi-GPU: launch with ``torchrun --nproc_per_node K -m pyg_implicit.train nbody ...``;
+the script then uses ``torch.distributed`` (NCCL on GPUs, gloo on CPU), a
+``DistributedSampler`` and ``DistributedDataParallel``; ``--batch-size`` is per
+process. Only rank 0 prints, saves and writes results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------------------- utilities
+
+def _dist_info():
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    return ws > 1, int(os.environ.get("RANK", "0")), ws, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT,
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except Exception:
+        return None
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+# --------------------------------------------------------------------------- N-body
+
+def nbody_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("nbody", help="charged N-body position prediction",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="directory with {train,val,test}.npz")
+    p.add_argument("--group", default="o3", choices=("o3", "so3", "so2z", "o2z"))
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop training after this many minutes (then test the best model)")
+    p.add_argument("--batch-size", type=int, default=100, help="graphs per batch (per process)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-8)
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--max-train", type=int, default=3000,
+                   help="training simulations used (EGNN: 3000)")
+    p.add_argument("--max-eval", type=int, default=None,
+                   help="limit validation/test simulations (default: all)")
+    p.add_argument("--frame-0", type=int, default=30)
+    p.add_argument("--frame-T", type=int, default=40)
+    p.add_argument("--num-layers", type=int, default=4)
+    p.add_argument("--scalars", type=int, default=16)
+    p.add_argument("--vectors", type=int, default=8)
+    p.add_argument("--tensors", type=int, default=0)
+    p.add_argument("--hidden-channels", type=int, default=16, help="kernel MLP channels")
+    p.add_argument("--hidden-layers", type=int, default=2, help="kernel MLP hidden layers")
+    p.add_argument("--band-limit", type=int, default=2, help="kernel MLP band limit")
+    p.add_argument("--width", type=float, default=2.0, help="initial envelope width")
+    p.add_argument("--no-velocity-attr", action="store_true",
+                   help="do not pass velocities to the kernels as edge attributes")
+    p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:K")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=os.path.join(REPO_ROOT, "checkpoints"))
+    p.add_argument("--run-name", default=None,
+                   help="checkpoint/result name (default nbody_<variant>_<group>)")
+    p.add_argument("--results", default=None,
+                   help="result JSON (default benchmarks/results/<run-name>.json)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=train_nbody)
+    return p
+
+
+def _model_config(args) -> Dict:
+    return dict(group=args.group, num_layers=args.num_layers, scalars=args.scalars,
+                vectors=args.vectors, tensors=args.tensors,
+                hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
+                band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
+                width=args.width, conv_kwargs={"backend": args.backend})
+
+
+def build_nbody_model(config: Dict):
+    from pyg_implicit.models.nbody import NBodyModel
+
+    return NBodyModel(**config)
+
+
+def load_nbody_checkpoint(path: str, map_location="cpu"):
+    """Rebuild an :class:`NBodyModel` from a checkpoint written by this script."""
+    ck = torch.load(path, map_location=map_location, weights_only=False)
+    model = build_nbody_model(ck["model_config"])
+    model.load_state_dict(ck["model"])
+    return model, ck
+
+
+class _Batches:
+    """Dense batches of equally sized fully connected graphs."""
+
+    def __init__(self, tensors: Dict[str, torch.Tensor]):
+        self.t = tensors
+        self.n = tensors["charges"].shape[1]
+        self._edges = {}
+
+    def __len__(self):
+        return self.t["charges"].shape[0]
+
+    def edges(self, B: int, device):
+        from pyg_implicit.models.nbody import fully_connected_edges
+
+        key = (B, str(device))
+        if key not in self._edges:
+            self._edges[key] = fully_connected_edges(B, self.n, self_loops=True, device=device)
+        return self._edges[key]
+
+    def get(self, idx: torch.Tensor, device, dtype):
+        B = idx.numel()
+        out = {k: self.t[k][idx].reshape(B * self.n, -1).to(device=device, dtype=dtype)
+               for k in ("pos", "vel", "charges", "target")}
+        out["edge_index"] = self.edges(B, device)
+        return out
+
+
+def _index_loader(num: int, batch_size: int, shuffle: bool, distributed: bool, seed: int):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    ds = torch.utils.data.TensorDataset(torch.arange(num))
+    sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=False) \
+        if distributed else None
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=(shuffle and sampler is None),
+                        sampler=sampler, generator=gen if sampler is None else None,
+                        collate_fn=lambda b: torch.stack([x[0] for x in b]))
+    return loader, sampler
+
+
+@torch.no_grad()
+def evaluate(model, batches: _Batches, device, batch_size: int, distributed: bool,
+             dtype=torch.float32) -> float:
+    """Mean squared error over particles and coordinates (EGNN's metric)."""
+    model.eval()
+    loader, _ = _index_loader(len(batches), batch_size, False, distributed, 0)
+    sq = torch.zeros((), dtype=torch.float64, device=device)
+    cnt = torch.zeros((), dtype=torch.float64, device=device)
+    for idx in loader:
+        b = batches.get(idx, device, dtype)
+        pred = model(b["pos"], b["vel"], b["charges"], b["edge_index"])
+        sq += ((pred - b["target"]) ** 2).sum().double()
+        cnt += b["target"].numel()
+    if distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(sq)
+        dist.all_reduce(cnt)
+    # DistributedSampler pads by repeating samples; the bias is negligible but we
+    # report the exact MSE on rank 0 for the test split (see train_nbody).
+    return float(sq / cnt.clamp_min(1))
+
+
+def train_nbody(args) -> Dict:
+    from tqdm.auto import tqdm
+
+    from pyg_implicit.datasets.nbody import load_split
+
+    distributed, rank, world, local_rank = _dist_info()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if distributed and device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    main = rank == 0
+    log = (lambda *a: print(*a, flush=True)) if main else (lambda *a: None)
+    t_start = time.time()
+    seed_everything(args.seed)
+
+    train = load_split(args.data, "train", args.frame_0, args.frame_T, args.max_train)
+    val = load_split(args.data, "val", args.frame_0, args.frame_T, args.max_eval)
+    test = load_split(args.data, "test", args.frame_0, args.frame_T, args.max_eval)
+    variant = train.pop("variant")
+    val.pop("variant"), test.pop("variant")
+    train_b, val_b, test_b = _Batches(train), _Batches(val), _Batches(test)
+
+    run_name = args.run_name or f"nbody_{variant.replace('-', '_')}_{args.group}"
+    ckpt_dir = args.checkpoint_dir
+    best_path = os.path.join(ckpt_dir, f"{run_name}_best.pt")
+    last_path = os.path.join(ckpt_dir, f"{run_name}_last.pt")
+    results_path = args.results or os.path.join(REPO_ROOT, "benchmarks", "results",
+                                                 f"{run_name}.json")
+
+    config = _model_config(args)
+    model = build_nbody_model(config).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_b) / (args.batch_size * world))
+    total_steps = max(1, args.epochs * steps_per_epoch)
+    warm = max(0, args.warmup_epochs * steps_per_epoch)
+
+    def lr_lambda(step):  # linear warm-up, then cosine decay to 1% of the peak
+        if step < warm:
+            return (step + 1) / warm
+        prog = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * prog))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    start_epoch, best_val, history, train_time = 0, float("inf"), [], 0.0
+    if not args.no_resume and os.path.exists(last_path):
+        ck = torch.load(last_path, map_location=device, weights_only=False)
+        if ck.get("model_config") != config:
+            raise SystemExit(f"checkpoint {last_path} was trained with a different model "
+                             f"configuration; pass --no-resume or another --run-name")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best_val = ck["epoch"] + 1, ck["best_val"]
+        history, train_time = ck.get("history", []), ck.get("train_time_s", 0.0)
+        torch.set_rng_state(ck["rng_cpu"])
+        log(f"resumed from {last_path} at epoch {start_epoch} (best val {best_val:.6f})")
+
+    ddp_model = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log(f"nbody/{variant}: group={args.group} params={n_params} train={len(train_b)} "
+        f"val={len(val_b)} test={len(test_b)} device={device} world={world} "
+        f"threads={torch.get_num_threads()}")
+    if main:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, args.epochs):
+        if args.time_limit is not None and (train_time / 60.0) >= args.time_limit:
+            stopped_early = True
+            log(f"time limit of {args.time_limit} min reached after {epoch} epochs")
+            break
+        t0 = time.time()
+        ddp_model.train()
+        loader, sampler = _index_loader(len(train_b), args.batch_size, True, distributed,
+                                        args.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        tot, cnt = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                   disable=(not main) or args.no_progress, file=sys.stderr)
+        for idx in bar:
+            b = train_b.get(idx, device, torch.float32)
+            pred = ddp_model(b["pos"], b["vel"], b["charges"], b["edge_index"])
+            loss = torch.nn.functional.mse_loss(pred, b["target"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item() * idx.numel()
+            cnt += idx.numel()
+            bar.set_postfix(loss=f"{tot / cnt:.5f}")
+        bar.close()
+        if distributed:
+            import torch.distributed as dist
+
+            tc = torch.tensor([tot, float(cnt)], dtype=torch.float64, device=device)
+            dist.all_reduce(tc)
+            tot, cnt = float(tc[0]), int(tc[1])
+        val_mse = evaluate(model, val_b, device, max(args.batch_size, 200), distributed)
+        train_time += time.time() - t0
+        improved = val_mse < best_val
+        history.append({"epoch": epoch + 1, "train_mse": tot / max(cnt, 1), "val_mse": val_mse,
+                        "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0})
+        log(f"epoch {epoch + 1:4d}  train {tot / max(cnt, 1):.6f}  val {val_mse:.6f}"
+            f"{'  *' if improved else ''}  ({time.time() - t0:.1f}s)")
+        if main:
+            state = {"model": model.state_dict(), "model_config": config, "epoch": epoch,
+                     "val_mse": val_mse, "variant": variant, "args": vars(args)}
+            if improved:
+                best_val = val_mse
+                torch.save(state, best_path + ".tmp")
+                os.replace(best_path + ".tmp", best_path)
+            state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                         best_val=best_val, history=history, train_time_s=train_time,
+                         rng_cpu=torch.get_rng_state())
+            torch.save(state, last_path + ".tmp")
+            os.replace(last_path + ".tmp", last_path)
+        else:
+            best_val = min(best_val, val_mse)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    result = None
+    if main:
+        if os.path.exists(best_path):
+            best_model, ck = load_nbody_checkpoint(best_path, map_location=device)
+            best_model.to(device)
+            best_epoch = ck["epoch"] + 1
+        else:
+            best_model, best_epoch = model, None
+        test_mse = evaluate(best_model, test_b, device, max(args.batch_size, 200), False)
+        wall = time.time() - t_start
+        argv = getattr(args, "argv", None) or sys.argv[1:]
+        launcher = f"torchrun --nproc_per_node {world} -m" if distributed else "python -m"
+        cmd = f"{launcher} pyg_implicit.train " + " ".join(shlex.quote(a) for a in argv)
+        result = {
+            "task": "nbody", "variant": variant, "group": args.group, "test_mse": test_mse,
+            "best_val_mse": best_val, "best_epoch": best_epoch,
+            "epochs_completed": len(history), "epochs_requested": args.epochs,
+            "stopped_by_time_limit": stopped_early, "wall_time_s": wall,
+            "train_time_s": train_time, "command": cmd, "params": n_params,
+            "model_config": config, "train_samples": len(train_b), "val_samples": len(val_b),
+            "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
+            "seed": args.seed, "device": str(device), "world_size": world,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "git_commit": _git_commit(), "history": history,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+        with open(results_path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"test MSE {test_mse:.6f} (best val {best_val:.6f}, epoch {best_epoch}); "
+              f"wall time {wall:.1f}s; written to {results_path}", flush=True)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pyg_implicit.train",
+                                description="Train pyg_implicit models.")
+    sub = p.add_subparsers(dest="task", required=True)
+    nbody_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    args.argv = argv
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
