@@ -50,6 +50,7 @@
 #include <tuple>
 #include <vector>
 
+#include "point_conv.h"  // shared input checks (csrc/point_conv.cpp)
 #include "point_conv_tiles.cuh"
 
 namespace pyg_implicit_cuda {
@@ -652,6 +653,10 @@ Tensor point_conv_forward_cuda(const Tensor& x_src_, const Tensor& pos_src_,
                                at::TensorList samplers, at::TensorList projectors,
                                at::IntArrayRef activations, const Tensor& width,
                                const Tensor& Wt_) {
+  // shared checks first (same messages as the CPU backend), then the CUDA-specific ones
+  pyg_implicit::check_point_conv_inputs("point_conv_forward", x_src_, pos_src_, pos_dst_,
+                                        edge_attr_, rowptr_, col_, weights, biases, samplers,
+                                        projectors, activations, width, Wt_);
   const Sizes s = check_inputs("point_conv_forward (CUDA)", x_src_, pos_src_, pos_dst_,
                                edge_attr_, rowptr_, col_, weights, biases, samplers,
                                projectors, activations, width, Wt_);
@@ -691,6 +696,13 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
                                    const Tensor& width, const Tensor& Wt_,
                                    c10::List<bool> output_mask) {
   const char* op = "point_conv_backward (CUDA)";
+  {
+    const pyg_implicit::ConvDims dims = pyg_implicit::check_point_conv_inputs(
+        "point_conv_backward", x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_, weights,
+        biases, samplers, projectors, activations, width, Wt_);
+    pyg_implicit::check_point_conv_backward_inputs(dims, grad_out_, x_src_, csc_rowptr_,
+                                                   csc_perm_, output_mask);
+  }
   const Sizes s = check_inputs(op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_,
                                weights, biases, samplers, projectors, activations, width, Wt_);
   TORCH_CHECK(grad_out_.device() == x_src_.device() &&
@@ -807,10 +819,12 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
             s.N_src, s.C_in, s.E, g_x.data_ptr<T>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      csc_gather_kernel<T><<<grid_1d(s.N_src * s.d, threads), threads, 0, stream>>>(
-          dX.data_ptr<T>(), csc_rowptr.data_ptr<int64_t>(), csc_perm.data_ptr<int64_t>(),
-          s.N_src, s.d, s.E, g_pos_src.data_ptr<T>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (mask[1]) {
+        csc_gather_kernel<T><<<grid_1d(s.N_src * s.d, threads), threads, 0, stream>>>(
+            dX.data_ptr<T>(), csc_rowptr.data_ptr<int64_t>(), csc_perm.data_ptr<int64_t>(),
+            s.N_src, s.d, s.E, g_pos_src.data_ptr<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
       reduce_partials_kernel<T><<<grid_1d(plan.n_params, threads), threads, 0, stream>>>(
           partial.data_ptr<T>(), NB, plan.n_params, flat.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -834,6 +848,15 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
     }
     g_width = flat.narrow(0, plan.off_width, 1).view(width.sizes()).clone();
   });
+
+  // Masked-out groups are returned as zeros of their full shape (like the CPU backend).
+  if (!mask[2]) g_pos_dst.zero_();
+  if (!mask[3]) g_attr.zero_();
+  if (!(mask[4] || mask[5] || mask[6] || mask[7])) {
+    for (auto* group : {&g_W, &g_b, &g_Q, &g_P})
+      for (auto& t : *group) t.zero_();
+  }
+  if (!mask[8]) g_width.zero_();
 
   return BwdResult(g_x, g_pos_src, g_pos_dst, g_attr, g_W, g_b, g_Q, g_P, g_width, g_Wt);
 }
