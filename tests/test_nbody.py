@@ -155,3 +155,100 @@ def test_dataset_graphs(tmp_path):
     torch.testing.assert_close(d.edge_attr[:, 0], q[d.edge_index[0]] * q[d.edge_index[1]])
     with pytest.raises(ValueError, match="frame"):
         nb.NBodyDataset(str(tmp_path), "train", frame_0=1, frame_T=9)
+
+
+# --------------------------------------------------------------------------- model
+
+def _small_model(group, **kw):
+    from pyg_implicit.models.nbody import NBodyModel
+
+    # the sphere groups' Fourier nonlinearity on the icosahedral grid is exactly
+    # equivariant to the 60 (SO(3)) / 120 (O(3)) icosahedral symmetries
+    conv_kwargs = {"grid": "ico"} if group in ("o3", "so3") else {}
+    cfg = dict(group=group, num_layers=2, scalars=3, vectors=2, tensors=1, hidden_channels=4,
+               hidden_layers=1, band_limit=1, conv_kwargs=conv_kwargs)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return NBodyModel(**cfg).double().eval()
+
+
+def _inputs(B=3, seed=0):
+    from pyg_implicit.models.nbody import fully_connected_edges
+
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(B * 5, 3, generator=g, dtype=torch.float64)
+    vel = torch.randn(B * 5, 3, generator=g, dtype=torch.float64) * 0.5
+    q = torch.randint(0, 2, (B * 5,), generator=g).double() * 2 - 1
+    return pos, vel, q, fully_connected_edges(B, 5)
+
+
+def _exact_matrices(model, count=6):
+    """3x3 matrices of group elements the model is exactly equivariant to (float64)."""
+    gs = model.gspace
+    elements = None
+    kernels = [m for m in model.modules() if hasattr(m, "exact_elements")
+               and type(m).__name__ == "ImplicitKernel"]
+    assert kernels
+    for k in kernels:
+        if k.exact_elements is not None:
+            elements = list(k.exact_elements)
+            break
+    if elements is None:  # exact for the whole group
+        elements = list(gs.testing_elements) if hasattr(gs, "testing_elements") else \
+            [gs.fibergroup.sample() for _ in range(count)]
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(elements), size=min(count, len(elements)), replace=False)
+    mats = [np.asarray(gs.basespace_action(elements[i]), dtype=np.float64) for i in pick]
+    # always include a reflection when the group has one
+    refl = [e for e in elements if np.linalg.det(gs.basespace_action(e)) < 0]
+    if refl:
+        mats.append(np.asarray(gs.basespace_action(refl[len(refl) // 2]), dtype=np.float64))
+    return [torch.from_numpy(M) for M in mats]
+
+
+def _equiv_error(model, M, t=None):
+    pos, vel, q, ei = _inputs()
+    with torch.no_grad():
+        out = model(pos, vel, q, ei)
+        shift = torch.zeros(3, dtype=torch.float64) if t is None else t
+        out_g = model(pos @ M.T + shift, vel @ M.T, q, ei)
+    ref = out @ M.T + shift
+    return float((out_g - ref).norm() / ref.norm())
+
+
+def _rot(axis, th):
+    c, s = np.cos(th), np.sin(th)
+    R = {"x": [[1, 0, 0], [0, c, -s], [0, s, c]], "z": [[c, -s, 0], [s, c, 0], [0, 0, 1]]}[axis]
+    return torch.tensor(R, dtype=torch.float64)
+
+
+# the larger-group element each model must NOT be equivariant to
+_BREAKERS = {
+    "so3": torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)),  # mirror z
+    "so2z": torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)),  # vertical mirror
+    "o2z": _rot("x", 0.9),  # tilts the z axis
+}
+
+
+@pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z"])
+def test_model_equivariance(group):
+    model = _small_model(group)
+    # translations: exact
+    assert _equiv_error(model, torch.eye(3, dtype=torch.float64),
+                        torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)) < 1e-12
+    mats = _exact_matrices(model)
+    assert any(not torch.allclose(M, torch.eye(3, dtype=torch.float64)) for M in mats)
+    for M in mats:
+        assert _equiv_error(model, M) < 1e-9, M
+    if group in _BREAKERS:
+        assert _equiv_error(model, _BREAKERS[group]) > 1e-3
+
+
+def test_model_output_and_gradients():
+    model = _small_model("so2z").train()
+    pos, vel, q, ei = _inputs()
+    out = model(pos, vel, q, ei)
+    assert out.shape == (15, 3) and torch.isfinite(out).all()
+    out.pow(2).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

@@ -34,14 +34,19 @@ representation of O(3), ``t`` optional l = 2 fields):
 
 .. code-block:: text
 
-    [s', g, v', t'] = ImplicitPointConv(h, pos, edge_index, edge_attr)
+    [s', g, v', t'] = ImplicitPointConv(norm(h), pos, edge_index, edge_attr)
     h <- h + [silu(s'), sigmoid(g_v) * v', sigmoid(g_t) * t']   (gated, residual)
+
+``norm`` is an equivariant layer norm per node (scalars standardised over
+channels; each l > 0 block divided by the RMS of its field norms; learnable
+per-field scales), equivariant for every subgroup of O(3).
 
 Inputs: node features ``[q, |v|, v]`` (trivial, trivial, standard); edge
 attributes ``[q_src q_dst, |pos_src - pos_dst|]`` (trivial) plus, optionally,
 ``v_src, v_dst`` (standard). Output: ``pos + a * vel + delta`` with ``delta``
-a standard-representation field from a final convolution and ``a`` a learnable
-scalar (initially 1, the "linear" baseline).
+a standard-representation field from a final convolution (times a learnable
+scalar, initially 0.1) and ``a`` a learnable scalar (initially 1, the "linear"
+baseline).
 """
 from __future__ import annotations
 
@@ -70,6 +75,21 @@ def _restrict(ftype, group: str):
     if group == "o3":
         return ftype
     return ftype.restrict(make_gspace(group)._sg_id)
+
+
+def _instantiate_irreps(G, max_frequency: int) -> None:
+    """Create the SO(2)/O(2) irreps up to ``max_frequency`` up front: escnn builds them
+    lazily and otherwise fails to decompose tensor products of restricted l = 2 fields
+    ("Did not find sufficient irreps ...")."""
+    from escnn import group as egroup
+
+    if isinstance(G, egroup.SO2):
+        for k in range(max_frequency + 1):
+            G.irrep(k)
+    elif isinstance(G, egroup.O2):
+        G.irrep(0, 0)
+        for k in range(max_frequency + 1):
+            G.irrep(1, k)
 
 
 def fully_connected_edges(num_graphs: int, n: int, self_loops: bool = True,
@@ -132,6 +152,9 @@ class NBodyModel(torch.nn.Module):
         self.scalars, self.vectors, self.tensors = scalars, vectors, tensors
         ngates = vectors + tensors
 
+        lmax = 2 if tensors else 1
+        _instantiate_irreps(make_gspace(group).fibergroup, 2 * lmax + max(band_limit, 1) + 2)
+
         def ftype(*reps):
             return _restrict(o3.type(*reps), group)
 
@@ -160,6 +183,13 @@ class NBodyModel(torch.nn.Module):
         self.out_conv = ImplicitPointConv(self.hidden_type, self.out_type, self.edge_attr_type,
                                           **kw)
         self.vel_coef = torch.nn.Parameter(torch.ones(()))
+        # pre-norms of the hidden convolutions 2..L and of the output convolution
+        nf = scalars + vectors + tensors
+        self.norm_weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.ones(nf)) for _ in range(num_layers)])
+        self.norm_biases = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(scalars)) for _ in range(num_layers)])
+        self.out_scale = torch.nn.Parameter(torch.tensor(0.1))
 
     @staticmethod
     def _attr_type(o3, group: str, velocity_attr: bool):
@@ -168,6 +198,25 @@ class NBodyModel(torch.nn.Module):
         return _restrict(o3.type(*reps), group)
 
     # ------------------------------------------------------------------ helpers
+    def _norm(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        """Equivariant layer norm per node: scalars standardised over channels, each
+        l > 0 block divided by its RMS field norm; learnable per-field scales."""
+        N, s, nv, nt = h.shape[0], self.scalars, self.vectors, self.tensors
+        w = self.norm_weights[i]
+        parts = []
+        sc = h[:, :s]
+        sc = (sc - sc.mean(1, keepdim=True)) / (sc.var(1, unbiased=False, keepdim=True)
+                                                + 1e-5).sqrt()
+        parts.append(sc * w[:s] + self.norm_biases[i])
+        off = s
+        for k, d, w_k in ((nv, 3, w[s:s + nv]), (nt, 5, w[s + nv:])):
+            if k:
+                f = h[:, off:off + d * k].reshape(N, k, d)
+                rms = (f.pow(2).sum(-1).mean(1, keepdim=True) + 1e-5).sqrt()
+                parts.append((f / rms[:, :, None] * w_k[None, :, None]).reshape(N, d * k))
+            off += d * k
+        return torch.cat(parts, dim=1)
+
     def _gate(self, y: torch.Tensor) -> torch.Tensor:
         """[s, g_v, g_t, v, t] -> [silu(s), sigmoid(g_v) v, sigmoid(g_t) t]."""
         N, s, nv, nt = y.shape[0], self.scalars, self.vectors, self.tensors
@@ -197,9 +246,8 @@ class NBodyModel(torch.nn.Module):
         q = charges.reshape(-1, 1).to(pos.dtype)
         x = torch.cat([q, vel.norm(dim=-1, keepdim=True), vel], dim=1)
         a = self.edge_attributes(pos, vel, q, edge_index)
-        h = None
-        for i, conv in enumerate(self.convs):
-            y = self._gate(conv(x if h is None else h, pos, edge_index, a))
-            h = y if h is None else h + y
-        delta = self.out_conv(h, pos, edge_index, a)
-        return pos + self.vel_coef * vel + delta
+        h = self._gate(self.convs[0](x, pos, edge_index, a))
+        for i, conv in enumerate(self.convs[1:]):
+            h = h + self._gate(conv(self._norm(h, i), pos, edge_index, a))
+        delta = self.out_conv(self._norm(h, len(self.convs) - 1), pos, edge_index, a)
+        return pos + self.vel_coef * vel + self.out_scale * delta
