@@ -436,6 +436,15 @@ def to_markdown(report):
         fl = res["roofline"]["datasheet"]["fwd_ms"]
         lines.append(f"- {res['config']}: fused forward / roofline floor (datasheet) = "
                      f"{f['fwd_ms'] / fl:.1f}x")
+    if report.get("te_sweep"):
+        ts = report["te_sweep"]
+        lines += ["", f"Edge-tile sweep (fused, config {ts['config']}, PYG_IMPLICIT_CUDA_TE):",
+                  "", "| TE | fwd ms | fwd+bwd ms |", "|---|---|---|"]
+        for r in ts["results"]:
+            if r["status"] == "ok":
+                lines.append(f"| {r['te']} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} |")
+            else:
+                lines.append(f"| {r['te']} | {r['status']} | |")
     if report.get("max_edges"):
         lines += ["", "Largest E handled (forward+backward, configuration L widths, random "
                   "graph with 32 neighbours):", ""]
@@ -461,6 +470,9 @@ def main(argv=None):
                     help="largest E tried in the max-E search")
     ap.add_argument("--max-e-time", type=float, default=30.0,
                     help="stop the max-E search after a run slower than this (s)")
+    ap.add_argument("--te-sweep", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the fused op for edge tiles TE = 2, 4, 8, 16")
+    ap.add_argument("--te-sweep-config", default="M")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     args = ap.parse_args(argv)
 
@@ -490,6 +502,27 @@ def main(argv=None):
         cfg["n"] = max(64, int(cfg["n"] * args.scale))
         report["configs"].append(bench_config(name, cfg, device, dtype, args.warmup,
                                               args.reps, rates, variants))
+
+    if args.te_sweep and "fused" in variants:
+        # edge-tile size of the CUDA kernels (PYG_IMPLICIT_CUDA_TE, default 8; the
+        # kernels lower it further when shared memory is short)
+        name = args.te_sweep_config
+        cfg = dict(CONFIGS[name])
+        cfg["n"] = max(64, int(cfg["n"] * args.scale))
+        print(f"\n=== edge-tile sweep (fused, config {name})", flush=True)
+        sweep = []
+        old_te = os.environ.get("PYG_IMPLICIT_CUDA_TE")
+        for te in (2, 4, 8, 16):
+            os.environ["PYG_IMPLICIT_CUDA_TE"] = str(te)
+            r = bench_config(name, cfg, device, dtype, args.warmup, args.reps, rates, ["fused"])
+            fr = r["variants"]["fused"]
+            sweep.append(dict(te=te, fwd_ms=fr.get("fwd_ms"), fwd_bwd_ms=fr.get("fwd_bwd_ms"),
+                              status=fr["status"]))
+        if old_te is None:
+            os.environ.pop("PYG_IMPLICIT_CUDA_TE", None)
+        else:
+            os.environ["PYG_IMPLICIT_CUDA_TE"] = old_te
+        report["te_sweep"] = dict(config=name, results=sweep)
 
     if not args.no_max_e:
         print("\n=== largest E at configuration L widths", flush=True)
