@@ -165,6 +165,10 @@ __device__ __forceinline__ T act_df(int code, T z) {
 // read-only matrix (global memory), bias may be null, act < 0 means identity.
 // Each thread computes kRowTile rows of one column n, so each B element read
 // is reused kRowTile times from a register. Summation order over k is fixed.
+// A thread's rows are strided (g, g + ngroups, ...): when N < 32 a warp spans
+// several row groups, and neighbouring groups then read neighbouring rows
+// (row stride K words) instead of rows kRowTile * K words apart, which for
+// K = 120 (a grid size) would all fall into one shared-memory bank.
 template <typename T>
 __device__ __forceinline__ void tile_gemm(const T* __restrict__ in, int nrows, int K,
                                           const T* __restrict__ B, int64_t ldk, int64_t ldn,
@@ -175,14 +179,14 @@ __device__ __forceinline__ void tile_gemm(const T* __restrict__ in, int nrows, i
   const int total = ngroups * N;
   for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
     const int n = idx % N;
-    const int r0 = (idx / N) * kRowTile;
+    const int g = idx / N;  // rows g + t * ngroups, t < kRowTile
     const T b0 = bias ? bias[n] : T(0);
     T acc[kRowTile];
     const T* rowp[kRowTile];
 #pragma unroll
     for (int t = 0; t < kRowTile; ++t) {
       acc[t] = b0;
-      const int r = min(r0 + t, nrows - 1);  // clamp: valid address, result discarded
+      const int r = min(g + t * ngroups, nrows - 1);  // clamp: valid address, result discarded
       rowp[t] = in + (int64_t)r * K;
     }
     const T* bp = B + (int64_t)n * ldn;
@@ -193,10 +197,11 @@ __device__ __forceinline__ void tile_gemm(const T* __restrict__ in, int nrows, i
     }
 #pragma unroll
     for (int t = 0; t < kRowTile; ++t) {
-      if (r0 + t < nrows) {
+      const int r = g + t * ngroups;
+      if (r < nrows) {
         T v = acc[t];
         if (act >= 0) v = act_f<T>(act, v);
-        out[(int64_t)(r0 + t) * ldo + n] = v;
+        out[(int64_t)r * ldo + n] = v;
       }
     }
   }
