@@ -527,7 +527,7 @@ def main(argv=None):
     if not args.no_max_e:
         print("\n=== largest E at configuration L widths", flush=True)
         cfg = dict(CONFIGS["L"])
-        start_n = max(64, int(25_000 * args.scale))
+        start_n = max(64, int(3_125 * args.scale))  # E = 100k at k = 32
         max_n = max(start_n, args.max_e_cap // cfg["k"])
         report["max_edges"] = {v: max_edges(cfg, device, dtype, v, start_n, max_n,
                                             args.max_e_time) for v in variants}

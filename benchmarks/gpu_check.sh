@@ -67,8 +67,12 @@ if [ -z "${CUDA_HOME:-}" ]; then
     for c in /usr/local/cuda-13.0 /usr/local/cuda; do [ -x "$c/bin/nvcc" ] && CUDA_HOME=$c && break; done
   fi
 fi
-export CUDA_HOME
-export PATH=${CUDA_HOME:+$CUDA_HOME/bin:}$PATH
+if [ -n "${CUDA_HOME:-}" ]; then
+  export CUDA_HOME
+  export PATH=$CUDA_HOME/bin:$PATH
+else
+  unset CUDA_HOME
+fi
 log "CUDA_HOME=${CUDA_HOME:-<unset>} nvcc: $(nvcc --version 2>/dev/null | tail -1)"
 
 # ---------------------------------------------------------------- 1. build
