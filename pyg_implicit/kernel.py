@@ -1,0 +1,251 @@
+r"""``ImplicitKernel``: a G-equivariant MLP that maps an edge to a steerable kernel.
+
+For a gspace on :math:`\mathbb{R}^d` with fibre group :math:`G \le O(d)`, the
+MLP takes the relative position :math:`x` (the standard representation,
+restricted to G) and optional edge attributes :math:`a` (any escnn field type of
+G) and outputs :math:`\mathrm{vec}(K) \in \mathrm{Hom}(\rho_{in}, \rho_{out})`,
+i.e. the representation :math:`\rho_{out} \otimes \rho_{in}` field by field, for
+arbitrary (also non-uniform) input and output field types. Equivariance of the
+MLP gives :math:`K(gx, ga) = \rho_{out}(g) K(x, a) \rho_{in}(g)^T`.
+
+The kernel is multiplied by a Gaussian envelope with a learnable width and a
+constant chosen at initialisation so that a layer's output on unit-variance
+inputs has roughly unit variance (see :meth:`ImplicitKernel.reset_parameters`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from escnn import gspaces
+from escnn import nn as enn
+from escnn.group import Representation
+
+from ._exact import ExactLinearBases, fourier_masters
+from .nonlinearities import build_hidden_block
+from .plan import KernelPlan, edge_kernels, envelope
+
+FieldTypeLike = Union[enn.FieldType, Sequence[Representation], None]
+
+
+def attr_representations(G, edge_attr_type: FieldTypeLike) -> List[Representation]:
+    """Representations of the edge attributes, checked to be representations of ``G``."""
+    if edge_attr_type is None:
+        return []
+    reps = list(edge_attr_type.representations) if isinstance(edge_attr_type, enn.FieldType) \
+        else list(edge_attr_type)
+    for rep in reps:
+        if not isinstance(rep, Representation) or rep.group != G:
+            raise TypeError(f"edge_attr_type must be an escnn FieldType (or list of "
+                            f"representations) of the group {G}, got {rep!r}")
+    return reps
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """escnn builds its linear bases in float32 and breaks under another default
+    dtype; its Fourier sampling matrices follow the default dtype."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield previous
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class ImplicitKernel(torch.nn.Module):
+    r"""G-equivariant kernel MLP :math:`(x, a) \mapsto K(x, a) \in \mathbb{R}^{C_{out} \times C_{in}}`.
+
+    Args:
+        in_type (escnn.nn.FieldType): input field type, of a gspace on R^2 or R^3.
+        out_type (escnn.nn.FieldType): output field type, same gspace.
+        edge_attr_type: optional field type (or list of representations) of the
+            group, for the edge attributes fed to the MLP next to the position.
+        hidden_channels (int): fields per hidden layer.
+        hidden_layers (int): number of hidden (linear + nonlinearity) layers.
+        band_limit (int): band limit of the hidden Fourier fields.
+        nonlinearity (str): ``"auto"`` (per group, see
+            :mod:`pyg_implicit.nonlinearities`), ``"fourier"``, ``"quotient"`` or
+            ``"regular"``.
+        activation (str): pointwise function: ``"elu"``, ``"relu"``, ``"tanh"``,
+            ``"sigmoid"``.
+        grid_size (int, optional): samples of the Fourier grid.
+        grid (str, optional): grid type (``"thomson"`` or ``"ico"`` on the sphere).
+        width (float): initial width of the Gaussian envelope.
+        learn_width (bool): whether the width is a parameter.
+        num_neighbors (float): typical number of incoming edges per node, used for
+            the output normalisation at initialisation.
+    """
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType,
+                 edge_attr_type: FieldTypeLike = None, hidden_channels: int = 16,
+                 hidden_layers: int = 2, band_limit: int = 2, nonlinearity: str = "auto",
+                 activation: str = "elu", grid_size: Optional[int] = None,
+                 grid: Optional[str] = None, width: float = 1.0, learn_width: bool = True,
+                 num_neighbors: float = 16.0):
+        super().__init__()
+        with _default_dtype(torch.float32) as dtype:
+            self._build(in_type, out_type, edge_attr_type, hidden_channels, hidden_layers,
+                        band_limit, nonlinearity, activation, grid_size, grid, width,
+                        learn_width, num_neighbors)
+        self._exact_linear = ExactLinearBases([*self.linears, self.last])
+        self._exact_fourier = fourier_masters(self.nonlinearities)
+        self.to(dtype)
+        self.reset_parameters()
+
+    def _apply(self, fn, *args, **kwargs):
+        # dtype/device moves round escnn's buffers; rewrite them from float64 masters
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_exact_fourier"):
+            self._exact_linear.restore()
+            with torch.no_grad():
+                for module, name, master in self._exact_fourier:
+                    buf = getattr(module, name)
+                    buf.copy_(torch.from_numpy(master).to(buf))
+        return self
+
+    def _build(self, in_type, out_type, edge_attr_type, hidden_channels, hidden_layers,
+               band_limit, nonlinearity, activation, grid_size, grid, width, learn_width,
+               num_neighbors):
+        for name, t in (("in_type", in_type), ("out_type", out_type)):
+            if not isinstance(t, enn.FieldType):
+                raise TypeError(f"{name} must be an escnn.nn.FieldType, got {type(t).__name__}")
+        if in_type.gspace != out_type.gspace:
+            raise ValueError("in_type and out_type must belong to the same gspace, got "
+                             f"{in_type.gspace} and {out_type.gspace}")
+        gspace = in_type.gspace
+        if gspace.dimensionality not in (2, 3):
+            raise ValueError("in_type must be a field type of a gspace on R^2 or R^3, got "
+                             f"dimensionality {gspace.dimensionality}")
+        if hidden_layers < 1 or hidden_channels < 1:
+            raise ValueError("hidden_layers and hidden_channels must be >= 1, got "
+                             f"{hidden_layers} and {hidden_channels}")
+        if not width > 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.in_type, self.out_type, self.gspace = in_type, out_type, gspace
+        self.group = gspace.fibergroup
+        self.pos_dim = gspace.dimensionality
+        self.hidden_channels, self.hidden_layers = hidden_channels, hidden_layers
+        self.band_limit, self.num_neighbors = band_limit, float(num_neighbors)
+        self.initial_width = float(width)
+
+        nbs = gspaces.no_base_space(self.group)
+        self.attr_reps = attr_representations(self.group, edge_attr_type)
+        self.attr_dim = sum(r.size for r in self.attr_reps)
+        self.mlp_in_type = enn.FieldType(nbs, [gspace.basespace_action] + self.attr_reps)
+
+        linears, blocks = [], []
+        current = self.mlp_in_type
+        for _ in range(hidden_layers):
+            with _default_dtype(torch.float64):  # exact float64 sampling matrices
+                block = build_hidden_block(nbs, hidden_channels, band_limit, nonlinearity,
+                                           activation, grid_size, grid)
+            linears.append(enn.Linear(current, block.module.in_type, bias=True))
+            blocks.append(block)
+            current = block.module.out_type
+        self.hidden_type = current
+        # vec(K), field pair by field pair; _vec_index reorders it to row-major K
+        pairs = [(ro, ri) for ro in out_type.representations for ri in in_type.representations]
+        self.kernel_type = enn.FieldType(nbs, [ro.tensor(ri) for ro, ri in pairs])
+        self.linears = torch.nn.ModuleList(linears)
+        self.nonlinearities = torch.nn.ModuleList([b.module for b in blocks])
+        self._blocks = blocks
+        self.last = enn.Linear(current, self.kernel_type, bias=True)
+        self.register_buffer("_vec_index", self._kernel_vec_index(), persistent=False)
+        self.log_width = torch.nn.Parameter(torch.tensor(math.log(width)),
+                                            requires_grad=learn_width)
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    # ------------------------------------------------------------------ set-up
+    def _kernel_vec_index(self) -> torch.Tensor:
+        """``index[o * C_in + c]`` = position of ``K[o, c]`` in the MLP output."""
+        C_out, C_in = self.out_type.size, self.in_type.size
+        index = torch.empty(C_out * C_in, dtype=torch.long)
+        offset = 0
+        o0 = 0
+        for ro in self.out_type.representations:
+            c0 = 0
+            for ri in self.in_type.representations:
+                block = torch.arange(ro.size * ri.size).view(ro.size, ri.size) + offset
+                rows = torch.arange(o0, o0 + ro.size)[:, None] * C_in + \
+                    torch.arange(c0, c0 + ri.size)[None, :]
+                index[rows.reshape(-1)] = block.reshape(-1)
+                offset += ro.size * ri.size
+                c0 += ri.size
+            o0 += ro.size
+        return index
+
+    @property
+    def exact_elements(self):
+        """Group elements to which the kernel is exactly equivariant (None: all of G)."""
+        exact = None
+        for block in self._blocks:
+            if block.exact_elements is not None:
+                exact = block.exact_elements
+        return exact
+
+    @property
+    def width(self) -> torch.Tensor:
+        return self.log_width.exp()
+
+    def reset_parameters(self, num_samples: int = 512, seed: int = 0) -> None:
+        """Re-initialise the MLP (escnn's He-type init), the width, and the scale.
+
+        The scale ``c`` makes ``num_neighbors * E||K(x)||_F^2 / C_out = 1`` for
+        ``x ~ N(0, width^2 I)`` and unit-normal attributes, so that a sum over
+        ``num_neighbors`` edges of unit-variance features has about unit variance.
+        """
+        for lin in [*self.linears, self.last]:
+            enn.init.generalized_he_init(lin.weights.data, lin.basisexpansion)
+            lin.bias.data.zero_()
+        with torch.no_grad():
+            self.log_width.fill_(math.log(self.initial_width))
+            self.scale.fill_(1.0)
+            gen = torch.Generator().manual_seed(seed)
+            dtype = self.log_width.dtype
+            x = torch.randn(num_samples, self.pos_dim, generator=gen, dtype=dtype) * \
+                self.initial_width
+            a = torch.randn(num_samples, self.attr_dim, generator=gen, dtype=dtype)
+            K = edge_kernels(self.plan(), x.to(self.scale.device), a.to(self.scale.device))
+            power = K.pow(2).sum((1, 2)).mean() / self.out_type.size
+            self.scale.fill_(float(1.0 / torch.sqrt(self.num_neighbors * power)))
+
+    # ------------------------------------------------------------------ maths
+    def forward(self, edge_vec: torch.Tensor, edge_attr: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """Kernels ``[E, C_out, C_in]`` through escnn's modules (the oracle of the plan)."""
+        u = edge_vec if self.attr_dim == 0 else torch.cat([edge_vec, edge_attr], dim=-1)
+        h = enn.GeometricTensor(u, self.mlp_in_type)
+        for lin, act in zip(self.linears, self.nonlinearities):
+            h = act(lin(h))
+        y = self.last(h).tensor[:, self._vec_index]
+        s = envelope(edge_vec, self.width) * self.scale
+        return (y * s[:, None]).view(-1, self.out_type.size, self.in_type.size)
+
+    def plan(self) -> KernelPlan:
+        """Lower the MLP to a :class:`~pyg_implicit.plan.KernelPlan` (differentiable)."""
+        weights, biases, samplers, projectors, codes = [], [], [], [], []
+        for lin, block in zip(self.linears, self._blocks):
+            W, b = lin.expand_parameters()
+            weights.append(W)
+            biases.append(b)
+            Q, P = block.sampler_projector()
+            empty = W.new_zeros(0)
+            samplers.append(Q if Q is not None else empty)
+            projectors.append(P if P is not None else empty)
+            codes.append(block.code)
+        W_last, b_last = self.last.expand_parameters()
+        C_out, C_in = self.out_type.size, self.in_type.size
+        Wb = torch.cat([W_last, b_last[:, None]], dim=1)[self._vec_index]  # [C_out*C_in, H+1]
+        Wt = (Wb.view(C_out, C_in, -1).transpose(1, 2) * self.scale).reshape(C_out, -1)
+        return KernelPlan(weights, biases, samplers, projectors, codes, self.width,
+                          Wt.contiguous(), self.pos_dim, self.attr_dim, C_in, C_out)
+
+    def extra_repr(self) -> str:
+        kinds = ",".join(sorted({b.kind for b in self._blocks}))
+        return (f"group={self.group.name}, in={self.in_type.size}, out={self.out_type.size}, "
+                f"attr={self.attr_dim}, hidden={self.hidden_layers}x{self.hidden_channels} "
+                f"fields ({self.hidden_type.size} dims, {kinds}), band_limit={self.band_limit}")

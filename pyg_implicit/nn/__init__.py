@@ -1,0 +1,4 @@
+"""``torch_geometric.nn``-style layers."""
+from .conv import ImplicitPointConv
+
+__all__ = ["ImplicitPointConv"]
