@@ -70,9 +70,11 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="directory with {train,val,test}.npz")
     p.add_argument("--group", default="o3", choices=("o3", "so3", "so2z", "o2z"))
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--time-limit", type=float, default=None,
-                   help="stop training after this many minutes (then test the best model)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--time-limit", type=float, default=50.0,
+                   help="training budget in minutes (0: none). The learning-rate schedule "
+                        "anneals over the epochs or this budget, whichever ends first; no "
+                        "epoch starts after it, then the best model is tested")
     p.add_argument("--batch-size", type=int, default=100, help="graphs per batch (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-8)
@@ -94,6 +96,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
+    p.add_argument("--grid", default="auto",
+                   help="grid of the kernel MLP's Fourier nonlinearity: auto ('ico' for "
+                        "o3/so3, the layer's default otherwise), or a grid name, or 'default'")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:K")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -113,7 +118,17 @@ def _model_config(args) -> Dict:
                 vectors=args.vectors, tensors=args.tensors,
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
-                width=args.width, conv_kwargs={"backend": args.backend})
+                width=args.width, conv_kwargs=_conv_kwargs(args))
+
+
+def _conv_kwargs(args) -> Dict:
+    kw = {"backend": args.backend}
+    grid = args.grid
+    if grid == "auto":
+        grid = "ico" if args.group in ("o3", "so3") else None
+    if grid not in (None, "default"):
+        kw["grid"] = grid
+    return kw
 
 
 def build_nbody_model(config: Dict):
@@ -241,10 +256,21 @@ def train_nbody(args) -> Dict:
     total_steps = max(1, args.epochs * steps_per_epoch)
     warm = max(0, args.warmup_epochs * steps_per_epoch)
 
-    def lr_lambda(step):  # linear warm-up, then cosine decay to 1% of the peak
+    # time-based progress, fixed per epoch (identical on every rank): the fraction of
+    # the budget used when the epoch starts, plus the last epoch's share spread
+    # linearly over the epoch's steps
+    clock = {"frac": 0.0, "dfrac": 0.0, "step0": 0}
+
+    def lr_lambda(step):
+        """Linear warm-up, then cosine decay to 1% of the peak, over the epochs or, with
+        --time-limit, over the training time if that runs out first."""
         if step < warm:
             return (step + 1) / warm
-        prog = min(1.0, (step - warm) / max(1, total_steps - warm))
+        prog = (step - warm) / max(1, total_steps - warm)
+        if args.time_limit:
+            within = min(1.0, (step - clock["step0"]) / steps_per_epoch)
+            prog = max(prog, clock["frac"] + within * clock["dfrac"])
+        prog = min(1.0, prog)
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * prog))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
@@ -276,10 +302,20 @@ def train_nbody(args) -> Dict:
     stopped_early = False
     epoch = start_epoch - 1
     for epoch in range(start_epoch, args.epochs):
-        if args.time_limit is not None and (train_time / 60.0) >= args.time_limit:
+        budget = 60.0 * args.time_limit if args.time_limit else float("inf")
+        last = history[-1]["time_s"] if history else 0.0
+        tinfo = torch.tensor([train_time / budget, last / budget], dtype=torch.float64)
+        if distributed:  # rank 0 decides, so that all ranks agree
+            import torch.distributed as dist
+
+            tinfo = tinfo.to(device)
+            dist.broadcast(tinfo, src=0)
+            tinfo = tinfo.cpu()
+        if float(tinfo[0]) >= 1.0:
             stopped_early = True
             log(f"time limit of {args.time_limit} min reached after {epoch} epochs")
             break
+        clock.update(frac=float(tinfo[0]), dfrac=float(tinfo[1]), step0=sched.last_epoch)
         t0 = time.time()
         ddp_model.train()
         loader, sampler = _index_loader(len(train_b), args.batch_size, True, distributed,
@@ -316,7 +352,8 @@ def train_nbody(args) -> Dict:
             f"{'  *' if improved else ''}  ({time.time() - t0:.1f}s)")
         if main:
             state = {"model": model.state_dict(), "model_config": config, "epoch": epoch,
-                     "val_mse": val_mse, "variant": variant, "args": vars(args)}
+                     "val_mse": val_mse, "variant": variant,
+                     "args": {k: v for k, v in vars(args).items() if k != "func"}}
             if improved:
                 best_val = val_mse
                 torch.save(state, best_path + ".tmp")

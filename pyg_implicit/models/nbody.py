@@ -120,6 +120,8 @@ class NBodyModel(torch.nn.Module):
         velocity_attr: also give ``v_src``, ``v_dst`` to the kernels as vector
             edge attributes.
         width: initial width of the kernels' Gaussian radial envelope.
+        num_neighbors: incoming edges per node (with the self loop), for the
+            kernels' initial normalisation.
         conv_kwargs: further keyword arguments of the convolution (e.g. ``backend``).
 
     Shapes:
@@ -130,11 +132,12 @@ class NBodyModel(torch.nn.Module):
     def __init__(self, group: str = "o3", num_layers: int = 4, scalars: int = 16,
                  vectors: int = 8, tensors: int = 0, hidden_channels: int = 16,
                  hidden_layers: int = 2, band_limit: int = 2, velocity_attr: bool = True,
-                 width: float = 2.0, conv_kwargs: Optional[Dict] = None):
+                 width: float = 2.0, num_neighbors: float = 5.0,
+                 conv_kwargs: Optional[Dict] = None):
         super().__init__()
         from escnn import gspaces
 
-        from pyg_implicit import ImplicitPointConv
+        from pyg_implicit.nn import ImplicitPointConv
 
         if group not in GROUPS:
             raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
@@ -145,7 +148,7 @@ class NBodyModel(torch.nn.Module):
                            tensors=tensors, hidden_channels=hidden_channels,
                            hidden_layers=hidden_layers, band_limit=band_limit,
                            velocity_attr=velocity_attr, width=width,
-                           conv_kwargs=dict(conv_kwargs or {}))
+                           num_neighbors=num_neighbors, conv_kwargs=dict(conv_kwargs or {}))
         o3 = gspaces.flipRot3dOnR3()
         G = o3.fibergroup
         triv, vec, l2 = G.irrep(0, 0), G.standard_representation(), G.irrep(0, 2)
@@ -171,7 +174,8 @@ class NBodyModel(torch.nn.Module):
         kw.update(conv_kwargs or {})
         params = inspect.signature(ImplicitPointConv.__init__).parameters
         accepts_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        for name, value in (("band_limit", band_limit), ("width", width)):
+        for name, value in (("band_limit", band_limit), ("width", width),
+                            ("num_neighbors", num_neighbors)):
             if name in params or accepts_kwargs:
                 kw.setdefault(name, value)
 
