@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "point_conv.h"
+#include "small_gemm.h"
 
 // Fortran BLAS exported by libtorch_cpu (MKL or OpenBLAS).  Declared weak so
 // that a torch without them still loads the extension (ATen fallback).
@@ -48,6 +49,18 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
 }
 
 namespace pyg_implicit {
+
+#ifdef PYGI_SMALL_GEMM
+bool small_gemm::available() {
+  static const bool ok = [] {
+    if (std::getenv("PYG_IMPLICIT_NO_SMALL_GEMM") != nullptr) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+#endif
+
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -160,6 +173,13 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 template <typename T>
 void act_forward(int64_t code, const T* in, T* out, int64_t count) {
   if (count <= 0) return;
+#ifdef PYGI_SMALL_GEMM
+  if (code == kElu && small_gemm::available()) {
+    if (out != in) std::memcpy(out, in, sizeof(T) * count);
+    small_gemm::elu_inplace<T>(out, count);
+    return;
+  }
+#endif
   at::Tensor x = wrap1(in, count);
   at::Tensor y = wrap1(out, count);
   switch (code) {
@@ -237,7 +257,9 @@ template <typename T>
 struct Plan {
   const ConvDims* dims;
   std::vector<const T*> W, b, Q, P;
+  std::vector<const T*> QT;  // samplers transposed: [F, G]
   T width;
+  bool small = false;        // use the small_gemm row kernels
 };
 
 template <typename T>
@@ -312,6 +334,15 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
       const int64_t nm = n * ld.fields;
       T* Y = tl.Y[l].data();
       T* Sp = ld.act == kSilu ? tl.S[l].data() : Y;
+#ifdef PYGI_SMALL_GEMM
+      if (plan.small) {
+        small_gemm::rows_axpy<T>(nm, ld.F, ld.G, zp, ld.F, plan.QT[l], Sp, ld.G);
+        act_forward<T>(ld.act, Sp, Y, nm * ld.G);
+        small_gemm::rows_dot<T>(nm, ld.G, ld.Fp, Y, ld.G, plan.P[l],
+                                tl.u[l + 1].data(), ld.Fp);
+        continue;
+      }
+#endif
       gemm<T>(false, true, nm, ld.G, ld.F, T(1), zp, ld.F, plan.Q[l], ld.F,
               T(0), Sp, ld.G);
       act_forward<T>(ld.act, Sp, Y, nm * ld.G);
@@ -411,10 +442,13 @@ at::Tensor point_conv_forward_cpu(
       plan.b.push_back(keep.back().data_ptr<scalar_t>());
       keep.push_back(samplers[l].contiguous());
       plan.Q.push_back(keep.back().data_ptr<scalar_t>());
+      keep.push_back(samplers[l].t().contiguous());
+      plan.QT.push_back(keep.back().data_ptr<scalar_t>());
       keep.push_back(projectors[l].contiguous());
       plan.P.push_back(keep.back().data_ptr<scalar_t>());
     }
     plan.width = width.item<scalar_t>();
+    plan.small = small_gemm::available();
     forward_impl<scalar_t>(d, plan, rp.data_ptr<int64_t>(),
                            cl.data_ptr<int64_t>(), xs.data_ptr<scalar_t>(),
                            ps.data_ptr<scalar_t>(), pd.data_ptr<scalar_t>(),
@@ -562,16 +596,32 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
               const int64_t nm = n * ld.fields;
               const T* Y = tl.Y[l].data();
               T* dY = bb.dY.data();
-              gemm<T>(false, false, nm, ld.G, ld.Fp, T(1), du, ld.Fp,
-                      plan.P[l], ld.G, T(0), dY, ld.G);
-              gemm<T>(true, false, ld.Fp, ld.G, nm, T(1), du, ld.Fp, Y, ld.G,
-                      T(1), part + lay.P[l], ld.G);
-              act_backward<T>(ld.act, dY, ld.act == kSilu ? tl.S[l].data() : nullptr,
-                              Y, dY, nm * ld.G);
-              gemm<T>(true, false, ld.G, ld.F, nm, T(1), dY, ld.G, zp, ld.F,
-                      T(1), part + lay.Q[l], ld.F);
-              gemm<T>(false, false, nm, ld.F, ld.G, T(1), dY, ld.G, plan.Q[l],
-                      ld.F, T(0), dz, ld.F);
+              const T* Sl = ld.act == kSilu ? tl.S[l].data() : nullptr;
+              // the sampler gradient is accumulated transposed ([F, G])
+#ifdef PYGI_SMALL_GEMM
+              if (plan.small) {
+                small_gemm::rows_axpy<T>(nm, ld.Fp, ld.G, du, ld.Fp, plan.P[l],
+                                         dY, ld.G);
+                small_gemm::outer_acc<T>(nm, ld.Fp, ld.G, du, ld.Fp, Y, ld.G,
+                                         part + lay.P[l]);
+                act_backward<T>(ld.act, dY, Sl, Y, dY, nm * ld.G);
+                small_gemm::outer_acc<T>(nm, ld.F, ld.G, zp, ld.F, dY, ld.G,
+                                         part + lay.Q[l]);
+                small_gemm::rows_dot<T>(nm, ld.G, ld.F, dY, ld.G, plan.QT[l],
+                                        dz, ld.F);
+              } else
+#endif
+              {
+                gemm<T>(false, false, nm, ld.G, ld.Fp, T(1), du, ld.Fp,
+                        plan.P[l], ld.G, T(0), dY, ld.G);
+                gemm<T>(true, false, ld.Fp, ld.G, nm, T(1), du, ld.Fp, Y, ld.G,
+                        T(1), part + lay.P[l], ld.G);
+                act_backward<T>(ld.act, dY, Sl, Y, dY, nm * ld.G);
+                gemm<T>(true, false, ld.F, ld.G, nm, T(1), zp, ld.F, dY, ld.G,
+                        T(1), part + lay.Q[l], ld.G);
+                gemm<T>(false, false, nm, ld.F, ld.G, T(1), dY, ld.G,
+                        plan.Q[l], ld.F, T(0), dz, ld.F);
+              }
             } else {
               act_backward<T>(ld.act, du, zp, tl.u[l + 1].data(), dz,
                               n * ld.pre);
@@ -689,10 +739,13 @@ BackwardResult point_conv_backward_cpu(
         plan.b.push_back(keep.back().data_ptr<scalar_t>());
         keep.push_back(samplers[l].contiguous());
         plan.Q.push_back(keep.back().data_ptr<scalar_t>());
+        keep.push_back(samplers[l].t().contiguous());
+        plan.QT.push_back(keep.back().data_ptr<scalar_t>());
         keep.push_back(projectors[l].contiguous());
         plan.P.push_back(keep.back().data_ptr<scalar_t>());
       }
       plan.width = width.item<scalar_t>();
+      plan.small = small_gemm::available();
       auto ptr_or_null = [](const at::Tensor& t) {
         return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
       };
@@ -728,7 +781,7 @@ BackwardResult point_conv_backward_cpu(
     gW.push_back(flat.narrow(0, lay.W[l], ld.pre * ld.in).view({ld.pre, ld.in}).clone());
     gb.push_back(flat.narrow(0, lay.b[l], ld.pre).clone());
     if (ld.fourier) {
-      gQ.push_back(flat.narrow(0, lay.Q[l], ld.G * ld.F).view({ld.G, ld.F}).clone());
+      gQ.push_back(flat.narrow(0, lay.Q[l], ld.G * ld.F).view({ld.F, ld.G}).t().contiguous());
       gP.push_back(flat.narrow(0, lay.P[l], ld.Fp * ld.G).view({ld.Fp, ld.G}).clone());
     } else {
       gQ.push_back(at::zeros_like(samplers[l], at::MemoryFormat::Contiguous));
