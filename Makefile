@@ -14,8 +14,11 @@ BUILD_STAMP := $(VENV)/.build-stamp
 CUDA_HOME   ?= $(firstword $(wildcard /usr/local/cuda-13.0 /usr/local/cuda))
 export CUDA_HOME
 CSRC        := $(shell find csrc -type f 2>/dev/null)
+# escnn caches Clebsch-Gordan coefficients and group data inside its package
+# folder (minutes to compute without py3nj); share that cache across venvs.
+ESCNN_CACHE ?= $(HOME)/.cache/pyg_implicit/escnn
 
-.PHONY: all venv build test bench clean
+.PHONY: all venv build test bench clean escnn-cache
 
 all: test
 
@@ -27,10 +30,19 @@ $(DEPS_STAMP): requirements.txt
 	$(PIP) install $(TORCH_PIN)
 	$(PIP) install $(TORCH_PIN) -r requirements.txt
 	$(PIP) install --no-deps $(ESCNN_PIN)
+	$(MAKE) escnn-cache
 	# torch-scatter/cluster build from source against the pinned torch; never with
 	# FORCE_CUDA (they would compile their CUDA code for a very long time).
 	env -u FORCE_CUDA $(PIP) install --no-build-isolation $(PYG_EXT)
 	touch $@
+
+escnn-cache:
+	@d=$$($(VPY) -c "import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec('escnn').origin), 'group', '_cache'))"); \
+	mkdir -p $(ESCNN_CACHE); \
+	if [ ! -L "$$d" ]; then \
+		if [ -d "$$d" ]; then cp -rn "$$d"/. $(ESCNN_CACHE)/; rm -rf "$$d"; fi; \
+		ln -s $(ESCNN_CACHE) "$$d"; \
+	fi; echo "escnn cache: $$d -> $(ESCNN_CACHE)"
 
 build: $(BUILD_STAMP)
 

@@ -1,0 +1,63 @@
+"""Reusable test helpers: groups, field types and random graphs."""
+from __future__ import annotations
+
+import functools
+
+import torch
+from escnn import gspaces
+from escnn import nn as enn
+
+# name -> (gspace factory, kernel kwargs that make equivariance exact on known elements)
+GROUPS = {
+    "C4": (lambda: gspaces.rot2dOnR2(4), {}),
+    "D3": (lambda: gspaces.flipRot2dOnR2(3), {}),
+    "flip2d": (lambda: gspaces.flip2dOnR2(), {}),
+    "SO2": (lambda: gspaces.rot2dOnR2(-1), {}),
+    "O2": (lambda: gspaces.flipRot2dOnR2(-1), {}),
+    "inv3d": (lambda: gspaces.invOnR3(), {}),
+    "mir3d": (lambda: gspaces.mirOnR3(), {}),
+    "octa": (lambda: gspaces.octaOnR3(), {"hidden_channels": 2}),
+    "full_octa": (lambda: gspaces.fullOctaOnR3(), {"hidden_channels": 1}),
+    "ico": (lambda: gspaces.icoOnR3(), {"hidden_channels": 1}),
+    "SO2z": (lambda: gspaces.rot2dOnR3(), {}),
+    "O2_conical": (lambda: gspaces.conicalOnR3(), {}),
+    "cylindrical": (lambda: gspaces.cylindricalOnR3(), {}),
+    "full_cylindrical": (lambda: gspaces.fullCylindricalOnR3(), {}),
+    "SO3": (lambda: gspaces.rot3dOnR3(), {"grid": "ico"}),
+    "O3": (lambda: gspaces.flipRot3dOnR3(), {"grid": "ico"}),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def gspace(name: str):
+    return GROUPS[name][0]()
+
+
+def field_types(name: str, mixed: bool = True):
+    """(in_type, out_type, attr_reps): mixed scalar/vector (and higher) fields, or uniform."""
+    gs = gspace(name)
+    G = gs.fibergroup
+    triv, std = G.trivial_representation, gs.basespace_action
+    if mixed:
+        extra = [G.regular_representation] if not G.continuous and G.order() <= 8 else []
+        in_type = enn.FieldType(gs, [triv, std, *extra, triv])
+        out_type = enn.FieldType(gs, [std, triv, *extra])
+    else:
+        in_type = enn.FieldType(gs, [std, std])
+        out_type = enn.FieldType(gs, [std, std])
+    return in_type, out_type, [triv, std]
+
+
+def random_graph(num_src: int, num_dst: int, num_edges: int, seed: int = 0,
+                 dtype=torch.float64, pos_dim: int = 3, self_loops: bool = True):
+    """Random positions and an unsorted edge_index with duplicates (and self-loops)."""
+    gen = torch.Generator().manual_seed(seed)
+    pos_src = torch.randn(num_src, pos_dim, generator=gen, dtype=dtype)
+    pos_dst = torch.randn(num_dst, pos_dim, generator=gen, dtype=dtype)
+    src = torch.randint(0, num_src, (num_edges,), generator=gen)
+    dst = torch.randint(0, num_dst, (num_edges,), generator=gen)
+    if num_edges >= 4:
+        src[1], dst[1] = src[0], dst[0]  # a duplicate edge
+        if self_loops and num_src == num_dst:
+            dst[2] = src[2]  # a self-loop
+    return pos_src, pos_dst, torch.stack([src, dst])

@@ -1,0 +1,104 @@
+"""ImplicitKernel: plan == escnn module, steerability constraint, basis projection, init scale."""
+import math
+
+import pytest
+import torch
+from escnn import nn as enn
+
+from helpers import GROUPS, field_types, gspace
+from pyg_implicit import ImplicitKernel
+from pyg_implicit.plan import edge_kernels
+from pyg_implicit.testing import check_kernel_constraint, kernel_basis_residual
+
+
+def build_kernel(name, mixed=True, attrs=True, **kwargs):
+    in_type, out_type, attr_reps = field_types(name, mixed)
+    options = {"hidden_channels": 3, **GROUPS[name][1], **kwargs}
+    return ImplicitKernel(in_type, out_type, attr_reps if attrs else None, **options).double()
+
+
+@pytest.mark.parametrize("name", sorted(GROUPS))
+def test_kernel_steerable_and_plan_matches_escnn(name):
+    kernel = build_kernel(name, mixed=name not in ("SO3", "flip2d"), attrs=name != "O2")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(17, kernel.pos_dim, generator=gen, dtype=torch.float64)
+    a = torch.randn(17, kernel.attr_dim, generator=gen, dtype=torch.float64)
+    K_escnn = kernel(x, a)
+    K_plan = edge_kernels(kernel.plan(), x, a)
+    assert K_plan.shape == (17, kernel.out_type.size, kernel.in_type.size)
+    assert float((K_plan - K_escnn).abs().max() / K_escnn.abs().max()) <= 1e-10
+    assert check_kernel_constraint(kernel, elements="random", num=6) <= 1e-9
+
+
+def test_constraint_check_detects_broken_kernel():
+    kernel = build_kernel("C4")
+    original = kernel.forward
+    kernel.forward = lambda x, a=None: original(x, a) + x[:, :1, None] * 0.3  # noqa: E731
+    assert check_kernel_constraint(kernel) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["SO2", "O2", "SO2z", "O2_conical", "SO3", "O3"])
+def test_fourier_nonlinearity_is_approximately_equivariant_everywhere(name):
+    kernel = build_kernel(name, grid=None) if name in ("SO3", "O3") else build_kernel(name)
+    G = kernel.group
+    error = check_kernel_constraint(kernel, elements=[G.sample() for _ in range(4)])
+    assert error < 0.05
+
+
+@pytest.mark.parametrize("name", ["SO2", "O2", "SO3", "O3"])
+def test_projection_on_analytical_basis(name):
+    in_type, out_type, _ = field_types(name, mixed=True)
+    kernel = ImplicitKernel(in_type, out_type, None, hidden_channels=3,
+                            **GROUPS[name][1]).double()
+    residual = kernel_basis_residual(kernel, radius=0.7, band_limit=8)
+    assert residual < 1e-6
+    # a non-equivariant kernel of the same shape is far from the steerable basis
+    forward = kernel.forward
+    kernel.forward = lambda x, a=None: forward(x, a) + torch.sin(3 * x[:, :1, None])  # noqa
+    assert kernel_basis_residual(kernel, radius=0.7, band_limit=8) > 1e-2
+
+
+def test_plan_gradients_reach_escnn_parameters():
+    kernel = build_kernel("D3")
+    x = torch.randn(9, 2, dtype=torch.float64)
+    a = torch.randn(9, kernel.attr_dim, dtype=torch.float64)
+    edge_kernels(kernel.plan(), x, a).pow(2).sum().backward()
+    for name, p in kernel.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_float32_model_moved_to_float64_is_exact():
+    in_type, out_type, attrs = field_types("C4")
+    kernel = ImplicitKernel(in_type, out_type, attrs, hidden_channels=2)
+    assert kernel.log_width.dtype == torch.float32
+    kernel = kernel.double()
+    assert check_kernel_constraint(kernel) <= 1e-9
+
+
+def test_build_under_float64_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        in_type, out_type, _ = field_types("C4")
+        kernel = ImplicitKernel(in_type, out_type, hidden_channels=2)
+    finally:
+        torch.set_default_dtype(previous)
+    assert kernel.log_width.dtype == torch.float64
+    assert check_kernel_constraint(kernel) <= 1e-9
+
+
+def test_bad_arguments():
+    in_type, out_type, _ = field_types("C4")
+    with pytest.raises(TypeError, match="in_type"):
+        ImplicitKernel(in_type.representations, out_type)
+    other = field_types("D3")[1]
+    with pytest.raises(ValueError, match="same gspace"):
+        ImplicitKernel(in_type, other)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        ImplicitKernel(in_type, out_type, nonlinearity="fourier")
+    with pytest.raises(ValueError, match="width"):
+        ImplicitKernel(in_type, out_type, width=0.0)
+    with pytest.raises(TypeError, match="edge_attr_type"):
+        ImplicitKernel(in_type, out_type, edge_attr_type=[other.representations[0]])
+    with pytest.raises(ValueError, match="activation"):
+        ImplicitKernel(in_type, out_type, activation="gelu")
