@@ -93,3 +93,40 @@ def fourier_masters(modules) -> List[Tuple[torch.nn.Module, str, np.ndarray]]:
             if hasattr(m, name):
                 out.append((m, name, getattr(m, name).detach().cpu().double().numpy()))
     return out
+
+
+def dense_gather_index(lin: enn.Linear) -> torch.Tensor:
+    """Index that places escnn's expanded basis blocks into the dense matrix.
+
+    ``W.view(-1) == cat([block.reshape(-1) for each io pair] + [0])[index]``.
+    escnn's own ``expand_parameters`` slices with 0-d index tensors (``.item()``),
+    which breaks ``torch.compile`` graphs; one gather does the same, traceably.
+    """
+    be = lin.basisexpansion
+    n_out, n_in = be._output_size, be._input_size
+    gather = torch.full((n_out * n_in,), -1, dtype=torch.long)
+    offset = 0
+    for io_pair in be._representations_pairs:
+        key = be._escape_pair(io_pair)
+        rows = getattr(be, f"out_indices_{key}")
+        cols = getattr(be, f"in_indices_{key}")
+        if be._n_pairs == 1 or be._contiguous[io_pair]:
+            (o0, o1), (i0, i1) = (int(rows[0]), int(rows[1])), (int(cols[0]), int(cols[1]))
+            dest = (torch.arange(o0, o1)[:, None] * n_in + torch.arange(i0, i1)[None, :])
+        else:
+            dest = rows.long().cpu() * n_in + cols.long().cpu()
+        dest = dest.reshape(-1)
+        gather[dest] = offset + torch.arange(dest.numel())
+        offset += dest.numel()
+    gather[gather < 0] = offset  # entries no basis element reaches: a zero
+    return gather
+
+
+def expand_linear(lin: enn.Linear, gather: torch.Tensor):
+    """``(W, b)`` of an escnn ``Linear``, equal to ``lin.expand_parameters()``."""
+    be = lin.basisexpansion
+    blocks = [be._expand_block(lin.weights, io).reshape(-1) for io in be._representations_pairs]
+    flat = torch.cat(blocks + [lin.weights.new_zeros(1)])
+    W = flat[gather].view(be._output_size, be._input_size)
+    b = lin.bias_expansion @ lin.bias if lin.bias is not None else None
+    return W, b

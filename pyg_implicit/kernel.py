@@ -24,7 +24,7 @@ from escnn import gspaces
 from escnn import nn as enn
 from escnn.group import Representation
 
-from ._exact import ExactLinearBases, fourier_masters
+from ._exact import ExactLinearBases, dense_gather_index, expand_linear, fourier_masters
 from .nonlinearities import build_hidden_block
 from .plan import KernelPlan, edge_kernels, envelope
 
@@ -120,9 +120,9 @@ class ImplicitKernel(torch.nn.Module):
         if gspace.dimensionality not in (2, 3):
             raise ValueError("in_type must be a field type of a gspace on R^2 or R^3, got "
                              f"dimensionality {gspace.dimensionality}")
-        if hidden_layers < 1 or hidden_channels < 1:
-            raise ValueError("hidden_layers and hidden_channels must be >= 1, got "
-                             f"{hidden_layers} and {hidden_channels}")
+        if hidden_layers < 0 or hidden_channels < 1:
+            raise ValueError("hidden_layers must be >= 0 (0: a linear kernel) and "
+                             f"hidden_channels >= 1, got {hidden_layers} and {hidden_channels}")
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
         self.in_type, self.out_type, self.gspace = in_type, out_type, gspace
@@ -155,6 +155,8 @@ class ImplicitKernel(torch.nn.Module):
         self._blocks = blocks
         self.last = enn.Linear(current, self.kernel_type, bias=True)
         self.register_buffer("_vec_index", self._kernel_vec_index(), persistent=False)
+        for k, lin in enumerate([*linears, self.last]):
+            self.register_buffer(f"_gather_{k}", dense_gather_index(lin), persistent=False)
         self.log_width = torch.nn.Parameter(torch.tensor(math.log(width)),
                                             requires_grad=learn_width)
         self.register_buffer("scale", torch.tensor(1.0))
@@ -228,8 +230,8 @@ class ImplicitKernel(torch.nn.Module):
     def plan(self) -> KernelPlan:
         """Lower the MLP to a :class:`~pyg_implicit.plan.KernelPlan` (differentiable)."""
         weights, biases, samplers, projectors, codes = [], [], [], [], []
-        for lin, block in zip(self.linears, self._blocks):
-            W, b = lin.expand_parameters()
+        for k, (lin, block) in enumerate(zip(self.linears, self._blocks)):
+            W, b = expand_linear(lin, getattr(self, f"_gather_{k}"))
             weights.append(W)
             biases.append(b)
             Q, P = block.sampler_projector()
@@ -237,7 +239,7 @@ class ImplicitKernel(torch.nn.Module):
             samplers.append(Q if Q is not None else empty)
             projectors.append(P if P is not None else empty)
             codes.append(block.code)
-        W_last, b_last = self.last.expand_parameters()
+        W_last, b_last = expand_linear(self.last, getattr(self, f"_gather_{len(self.linears)}"))
         C_out, C_in = self.out_type.size, self.in_type.size
         Wb = torch.cat([W_last, b_last[:, None]], dim=1)[self._vec_index]  # [C_out*C_in, H+1]
         Wt = (Wb.view(C_out, C_in, -1).transpose(1, 2) * self.scale).reshape(C_out, -1)

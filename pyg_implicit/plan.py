@@ -92,9 +92,10 @@ def apply_activation(z: torch.Tensor, code: int, sampler: torch.Tensor,
     if sampler.numel() == 0:
         return fn(z)
     E = z.shape[0]
-    Z = z.reshape(E, -1, sampler.shape[1])  # [E, M, F]
+    F = sampler.shape[1]
+    Z = z.reshape(E, z.shape[1] // F, F)  # [E, M, F]; explicit sizes: E may be 0
     Y = fn(torch.matmul(Z, sampler.t()))  # [E, M, G]
-    return torch.matmul(Y, projector.t()).reshape(E, -1)
+    return torch.matmul(Y, projector.t()).reshape(E, z.shape[1] // F * projector.shape[0])
 
 
 def hidden_features(plan: KernelPlan, edge_vec: torch.Tensor,

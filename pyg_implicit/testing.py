@@ -9,6 +9,7 @@ onto escnn's analytical steerable basis and reports what is left over.
 """
 from __future__ import annotations
 
+import copy
 import random
 from typing import Callable, Iterable, List, Optional, Sequence, Union
 
@@ -150,8 +151,10 @@ def kernel_basis_residual(kernel, radius: float = 1.0, band_limit: int = 6,
     for ro in kernel.out_type.representations:
         c0 = 0
         for ri in kernel.in_type.representations:
-            basis = _steerable_basis(G, action, ri, ro, radius, band_limit, kernels)
-            B = basis.sample(torch.as_tensor(pts)).numpy()  # [P, num_basis, dim_out, dim_in]
+            # a float64 copy: escnn caches its bases and compares them by value
+            basis = copy.deepcopy(
+                _steerable_basis(G, action, ri, ro, radius, band_limit, kernels)).double()
+            B = basis.sample(torch.as_tensor(pts, dtype=torch.float64)).numpy()  # [P, num_basis, dim_out, dim_in]
             B = np.transpose(B, (0, 2, 3, 1)).reshape(num_points * ro.size * ri.size, -1)
             target = K[:, o0:o0 + ro.size, c0:c0 + ri.size].reshape(-1)
             if B.shape[1] == 0:

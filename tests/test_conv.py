@@ -8,6 +8,16 @@ from pyg_implicit import ImplicitPointConv
 from pyg_implicit.testing import check_equivariance
 
 
+def _fused_available():
+    from pyg_implicit import ops
+    return ops.is_available()
+
+
+needs_fused = pytest.mark.skipif(not _fused_available(),
+                                 reason="compiled extension pyg_implicit._C not built")
+FAST_BACKENDS = ["factorized", pytest.param("fused", marks=needs_fused)]
+
+
 def make_conv(name, mixed=True, attrs=True, backend="reference", **kwargs):
     in_type, out_type, attr_reps = field_types(name, mixed)
     options = {"hidden_channels": 3, **GROUPS[name][1], **kwargs}
@@ -47,6 +57,18 @@ def test_layer_equivariance(name, mixed, attrs):
     assert err <= 1e-9
 
 
+@needs_fused
+@pytest.mark.parametrize("name,mixed,attrs", [c for c in EQUIVARIANCE_CASES if c[0] in
+                                              ("C4", "SO2", "inv3d", "octa", "SO2z", "O3",
+                                               "full_cylindrical", "flip2d")])
+def test_fused_layer_equivariance(name, mixed, attrs):
+    conv, attr_reps = make_conv(name, mixed, attrs, backend="fused")
+    x, pos, edge_index, attr = graph_inputs(conv)
+    err = check_equivariance(conv, conv.in_type, conv.out_type, x, pos, edge_index, attr,
+                             attr_reps, elements="random", num=3)
+    assert err <= 1e-9
+
+
 def test_equivariance_check_detects_non_equivariant_layer():
     conv, attr_reps = make_conv("C4")
     x, pos, edge_index, attr = graph_inputs(conv)
@@ -57,25 +79,77 @@ def test_equivariance_check_detects_non_equivariant_layer():
     assert err > 1e-3
 
 
-@pytest.mark.parametrize("name", ["C4", "SO2", "O3", "octa"])
-def test_reference_equals_factorized(name):
-    conv, _ = make_conv(name)
-    x, pos, edge_index, attr = graph_inputs(conv, seed=3)
+
+
+def _outputs_and_grads(conv, backend, x, pos, edge_index, attr):
+    conv.backend = backend
+    inputs = [x, pos] + ([attr] if attr is not None else [])
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
     params = list(conv.parameters())
-    inputs = [x.requires_grad_(), pos.requires_grad_()] + ([attr.requires_grad_()] if attr is not None else [])
-    results = []
-    for backend in ("reference", "factorized"):
-        conv.backend = backend
-        out = conv(x, pos, edge_index, attr)
-        grads = torch.autograd.grad(out.pow(2).sum() + out.sum(), inputs + params,
-                                    allow_unused=True)
-        results.append((out, grads))
-    (o1, g1), (o2, g2) = results
-    assert float((o1 - o2).abs().max() / o1.abs().max()) <= 1e-10
+    out = conv(inputs[0], inputs[1], edge_index, inputs[2] if attr is not None else None)
+    grads = torch.autograd.grad(out.pow(2).sum() + out.sum(), inputs + params,
+                                allow_unused=True)
+    return out, grads
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("name,mixed", [("C4", True), ("SO2", True), ("O3", True),
+                                        ("octa", True), ("flip2d", False), ("SO2z", True),
+                                        ("SO3", False)])
+def test_backends_match_reference(name, mixed, backend):
+    """factorized/fused == reference, forward and every gradient, float64."""
+    conv, _ = make_conv(name, mixed)
+    x, pos, edge_index, attr = graph_inputs(conv, seed=3)
+    o1, g1 = _outputs_and_grads(conv, "reference", x, pos, edge_index, attr)
+    o2, g2 = _outputs_and_grads(conv, backend, x, pos, edge_index, attr)
+    assert _rel(o2, o1) <= 1e-10
     for a, b in zip(g1, g2):
         assert (a is None) == (b is None)
         if a is not None:
-            assert float((a - b).abs().max()) <= 1e-10 * max(float(a.abs().max()), 1e-30)
+            assert _rel(b, a) <= 1e-10
+
+
+@needs_fused
+@pytest.mark.parametrize("hidden_layers", [0, 1, 3])
+def test_fused_float32_and_depths(hidden_layers):
+    """float32 fused layer against the float64 reference (1e-5), any MLP depth."""
+    conv, _ = make_conv("O2", hidden_layers=hidden_layers)
+    x, pos, edge_index, attr = graph_inputs(conv, num_edges=200, seed=4)
+    o64, g64 = _outputs_and_grads(conv, "reference", x, pos, edge_index, attr)
+    conv32 = conv.float()
+    o32, g32 = _outputs_and_grads(conv32, "fused", x.float(), pos.float(), edge_index,
+                                  attr.float())
+    assert _rel(o32.double(), o64) <= 1e-5
+    for a, b in zip(g64, g32):
+        if a is not None:
+            assert _rel(b.double(), a) <= 1e-5
+
+
+@needs_fused
+def test_fused_layer_under_torch_compile():
+    from pyg_implicit.ops import build_csr
+    conv, _ = make_conv("SO2", backend="fused")
+    x, pos, edge_index, attr = graph_inputs(conv, seed=6)
+    csr = build_csr(edge_index, x.shape[0], x.shape[0])
+
+    def model(x, pos, attr):
+        return torch.tanh(conv(x, pos, edge_index, attr, csr=csr)).sum(-1)
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x, pos, attr)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    eager = model(x, pos, attr)
+    pos_c = pos.clone().requires_grad_()
+    compiled = torch.compile(model, fullgraph=True)(x, pos_c, attr)
+    assert _rel(compiled, eager) <= 1e-12
+    (grad,) = torch.autograd.grad(compiled.sum(), pos_c)
+    pos_e = pos.clone().requires_grad_()
+    (grad_e,) = torch.autograd.grad(model(x, pos_e, attr).sum(), pos_e)
+    assert _rel(grad, grad_e) <= 1e-10
 
 
 def test_edge_vector_convention_is_source_minus_target():
@@ -103,7 +177,7 @@ def test_bias_only_on_trivial_fields():
     assert torch.allclose(out[:, 2], conv.bias.expand(out.shape[0]))
 
 
-@pytest.mark.parametrize("backend", ["reference", "factorized"])
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
 def test_bipartite(backend):
     conv, _ = make_conv("O3", backend=backend)
     pos_src, pos_dst, edge_index = random_graph(7, 4, 25, seed=5)
@@ -132,7 +206,7 @@ def test_batch_of_graphs_equals_separate_graphs():
     assert torch.allclose(out, separate, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "factorized"])
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
 def test_empty_graph_and_isolated_nodes(backend):
     conv, _ = make_conv("C4", attrs=True, backend=backend)
     x, pos, edge_index, attr = graph_inputs(conv)
@@ -162,7 +236,7 @@ def test_gradients_reach_every_parameter():
 def test_geometric_tensor_input_and_repr():
     conv, _ = make_conv("C4", attrs=False)
     x, pos, edge_index, _ = graph_inputs(conv)
-    out = conv(enn.GeometricTensor(x, conv.in_type), pos, edge_index)
+    out = conv(enn.GeometricTensor(x, conv.in_type, coords=pos), pos, edge_index)
     assert torch.allclose(out, conv(x, pos, edge_index))
     text = repr(conv)
     assert "ImplicitPointConv" in text and "C4" in text and "reference" in text

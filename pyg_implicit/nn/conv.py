@@ -152,7 +152,7 @@ class ImplicitPointConv(MessagePassing):
         if backend == "reference":
             return torch.einsum("eoc,ec->eo", edge_kernels(plan, edge_vec, edge_attr), x_j)
         g = hidden_features(plan, edge_vec, edge_attr)  # [E, H + 1]
-        return (g[:, :, None] * x_j[:, None, :]).reshape(g.shape[0], -1)
+        return (g[:, :, None] * x_j[:, None, :]).reshape(g.shape[0], g.shape[1] * x_j.shape[1])
 
     def _cached_csr(self, ops, edge_index: Tensor, size):
         # keyed on the tensor object itself (weakly) and its version counter, so a
