@@ -156,21 +156,24 @@ def markdown(rows, meta) -> str:
     out = [f"# Point convolution benchmark ({meta['machine']})", "",
            f"{meta['date']}, torch {meta['torch']}, {meta['threads']} threads, median of "
            f"{meta['reps']} runs after {meta['warmup']} warm-up. Ratios: reference time / "
-           "variant time (higher is better); memory: reference peak / variant peak.", "",
+           "variant time (higher is better); memory: reference peak / variant peak; "
+           "last column: factorized fwd+bwd time / variant fwd+bwd time.", "",
            "| config | E | variant | forward [s] | fwd+bwd [s] | peak extra mem [MiB] "
-           "| fwd speed-up | fwd+bwd speed-up | memory ratio |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| fwd speed-up | fwd+bwd speed-up | memory ratio | fwd+bwd vs factorized |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     ref = {r["config"]: r for r in rows if r["variant"] == "reference" and "error" not in r}
+    fac = {r["config"]: r for r in rows if r["variant"] == "factorized" and "error" not in r}
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['config']} | | {r['variant']} | error: {r['error']} | | | | | |")
+            out.append(f"| {r['config']} | | {r['variant']} | error: {r['error']} | | | | | | |")
             continue
         base = ref.get(r["config"])
-        ratio = lambda key: f"{base[key] / r[key]:.2f}x" if base and r[key] > 0 else "n/a"  # noqa
+        ratio = lambda key, b=base: f"{b[key] / r[key]:.2f}x" if b and r[key] > 0 else "n/a"  # noqa
         out.append(f"| {r['config']} | {r['edges']:,} | {r['variant']} | {r['forward_s']:.3f} | "
                    f"{r['forward_backward_s']:.3f} | {r['peak_extra_mib']:.0f} | "
                    f"{ratio('forward_s')} | {ratio('forward_backward_s')} | "
-                   f"{ratio('peak_extra_mib')} |")
+                   f"{ratio('peak_extra_mib')} | "
+                   f"{ratio('forward_backward_s', fac.get(r['config']))} |")
     return "\n".join(out) + "\n"
 
 
