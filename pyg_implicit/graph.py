@@ -48,16 +48,29 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, loop: bo
     _check_pos(pos, batch)
     tc = _torch_cluster()
     edge_index = tc.radius_graph(pos, r, batch, loop, max_num_neighbors, flow)
-    if warn and edge_index.numel() > 0:
-        target = edge_index[1] if flow == "source_to_target" else edge_index[0]
-        degree = torch.bincount(target, minlength=pos.shape[0])
-        full = int((degree >= max_num_neighbors).sum())
-        if full > 0:
-            warnings.warn(f"radius_graph: {full} node(s) reached max_num_neighbors="
-                          f"{max_num_neighbors}; their neighbourhoods within r={r} may be "
-                          "truncated. Increase max_num_neighbors to keep every neighbour.",
-                          stacklevel=2)
+    if edge_index.numel() == 0:
+        return edge_index
+    target = edge_index[1] if flow == "source_to_target" else edge_index[0]
+    degree = torch.bincount(target, minlength=pos.shape[0])
+    full = int((degree >= max_num_neighbors).sum())
+    if warn and full > 0:
+        warnings.warn(f"radius_graph: {full} node(s) reached max_num_neighbors="
+                      f"{max_num_neighbors}; their neighbourhoods within r={r} may be "
+                      "truncated. Increase max_num_neighbors to keep every neighbour.",
+                      stacklevel=2)
+    if int(degree.max()) > max_num_neighbors:
+        # without self-loops torch_cluster may keep max_num_neighbors + 1 edges
+        edge_index = edge_index[:, _first_per_target(target, max_num_neighbors)]
     return edge_index
+
+
+def _first_per_target(target: Tensor, cap: int) -> Tensor:
+    """Indices of the first ``cap`` edges of every target, in their original order."""
+    order = torch.argsort(target, stable=True)
+    counts = torch.bincount(target)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(target.numel(), device=target.device) - starts[target[order]]
+    return order[rank < cap].sort().values
 
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = False,
