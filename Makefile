@@ -18,7 +18,7 @@ CSRC        := $(shell find csrc -type f 2>/dev/null)
 # folder (minutes to compute without py3nj); share that cache across venvs.
 ESCNN_CACHE ?= $(HOME)/.cache/pyg_implicit/escnn
 
-.PHONY: all venv build test bench clean escnn-cache
+.PHONY: all venv build test test-cuda-emulated bench clean escnn-cache
 
 all: test
 
@@ -52,6 +52,11 @@ $(BUILD_STAMP): $(DEPS_STAMP) setup.py pyproject.toml $(CSRC)
 
 test: build
 	$(VPY) -m pytest -q tests
+
+# The CUDA kernels' source run on CPU threads (no GPU needed): a check of their
+# indexing, shared-memory layout and host logic, not a substitute for a GPU run.
+test-cuda-emulated: build
+	$(VPY) csrc/cuda/emulate_on_cpu.py
 
 bench: build
 	$(VPY) benchmarks/bench_conv.py
