@@ -44,8 +44,8 @@ EQUIVARIANCE_CASES = [(name, mixed, attrs) for name, mixed, attrs in [
     ("C4", True, True), ("D3", True, False), ("flip2d", False, True), ("SO2", True, True),
     ("O2", False, False), ("inv3d", True, True), ("mir3d", True, False),
     ("octa", True, True), ("ico", False, True), ("SO2z", True, True),
-    ("O2_conical", True, False), ("full_cylindrical", True, True), ("SO3", False, True),
-    ("O3", True, True)]]
+    ("O2_conical", True, False), ("O2_dihedral", False, True),
+    ("full_cylindrical", True, True), ("SO3", False, True), ("O3", True, True)]]
 
 
 @pytest.mark.parametrize("name,mixed,attrs", EQUIVARIANCE_CASES)
