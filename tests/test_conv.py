@@ -48,13 +48,17 @@ EQUIVARIANCE_CASES = [(name, mixed, attrs) for name, mixed, attrs in [
     ("full_cylindrical", True, True), ("SO3", False, True), ("O3", True, True)]]
 
 
-@pytest.mark.parametrize("name,mixed,attrs", EQUIVARIANCE_CASES)
-def test_layer_equivariance(name, mixed, attrs):
-    conv, attr_reps = make_conv(name, mixed, attrs, backend="factorized")
+def assert_layer_equivariant(name, mixed, attrs, backend, num):
+    conv, attr_reps = make_conv(name, mixed, attrs, backend=backend)
     x, pos, edge_index, attr = graph_inputs(conv)
     err = check_equivariance(conv, conv.in_type, conv.out_type, x, pos, edge_index, attr,
-                             attr_reps, elements="random", num=5)
+                             attr_reps, elements="random", num=num)
     assert err <= 1e-9
+
+
+@pytest.mark.parametrize("name,mixed,attrs", EQUIVARIANCE_CASES)
+def test_layer_equivariance(name, mixed, attrs):
+    assert_layer_equivariant(name, mixed, attrs, "factorized", num=5)
 
 
 @needs_fused
@@ -62,11 +66,7 @@ def test_layer_equivariance(name, mixed, attrs):
                                               ("C4", "SO2", "inv3d", "octa", "SO2z", "O3",
                                                "full_cylindrical", "flip2d")])
 def test_fused_layer_equivariance(name, mixed, attrs):
-    conv, attr_reps = make_conv(name, mixed, attrs, backend="fused")
-    x, pos, edge_index, attr = graph_inputs(conv)
-    err = check_equivariance(conv, conv.in_type, conv.out_type, x, pos, edge_index, attr,
-                             attr_reps, elements="random", num=3)
-    assert err <= 1e-9
+    assert_layer_equivariant(name, mixed, attrs, "fused", num=3)
 
 
 def test_equivariance_check_detects_non_equivariant_layer():
