@@ -93,6 +93,12 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hidden-layers", type=int, default=2, help="kernel MLP hidden layers")
     p.add_argument("--band-limit", type=int, default=2, help="kernel MLP band limit")
     p.add_argument("--width", type=float, default=2.0, help="initial envelope width")
+    p.add_argument("--node-attrs", type=int, default=0,
+                   help="invariant node summaries of source and target given to the kernels")
+    p.add_argument("--pos-updates", action="store_true",
+                   help="move the positions seen by later layers (EGNN-style updates)")
+    p.add_argument("--coulomb-attr", action="store_true",
+                   help="give the kernels q_i q_j / (r^2 + 0.1^2) as an edge attribute")
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
@@ -118,7 +124,9 @@ def _model_config(args) -> Dict:
                 vectors=args.vectors, tensors=args.tensors,
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
-                width=args.width, conv_kwargs=_conv_kwargs(args))
+                width=args.width, node_attrs=args.node_attrs,
+                pos_updates=args.pos_updates, coulomb_attr=args.coulomb_attr,
+                conv_kwargs=_conv_kwargs(args))
 
 
 def _conv_kwargs(args) -> Dict:

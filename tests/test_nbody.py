@@ -169,7 +169,12 @@ def _small_model(group, **kw):
                hidden_layers=1, band_limit=1, conv_kwargs=conv_kwargs)
     cfg.update(kw)
     torch.manual_seed(0)
-    return NBodyModel(**cfg).double().eval()
+    model = NBodyModel(**cfg).double().eval()
+    if model.pos_updates:  # zero-initialised: make the positions actually move
+        with torch.no_grad():
+            model.update_weights.normal_()
+            model.update_vel.fill_(0.5)
+    return model
 
 
 def _inputs(B=3, seed=0):
@@ -230,9 +235,11 @@ _BREAKERS = {
 }
 
 
+@pytest.mark.parametrize("node_attrs, pos_updates, coulomb_attr", [(0, False, False), (2, True, True)])
 @pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z"])
-def test_model_equivariance(group):
-    model = _small_model(group)
+def test_model_equivariance(group, node_attrs, pos_updates, coulomb_attr):
+    model = _small_model(group, node_attrs=node_attrs, pos_updates=pos_updates,
+                         coulomb_attr=coulomb_attr)
     # translations: exact
     assert _equiv_error(model, torch.eye(3, dtype=torch.float64),
                         torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)) < 1e-12
@@ -245,7 +252,7 @@ def test_model_equivariance(group):
 
 
 def test_model_output_and_gradients():
-    model = _small_model("so2z").train()
+    model = _small_model("so2z", node_attrs=2, pos_updates=True, coulomb_attr=True).train()
     pos, vel, q, ei = _inputs()
     out = model(pos, vel, q, ei)
     assert out.shape == (15, 3) and torch.isfinite(out).all()
