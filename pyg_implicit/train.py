@@ -85,7 +85,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="limit validation/test simulations (default: all)")
     p.add_argument("--frame-0", type=int, default=30)
     p.add_argument("--frame-T", type=int, default=40)
-    p.add_argument("--num-layers", type=int, default=4)
+    p.add_argument("--num-layers", type=int, default=6)
     p.add_argument("--scalars", type=int, default=16)
     p.add_argument("--vectors", type=int, default=8)
     p.add_argument("--tensors", type=int, default=0)
@@ -93,12 +93,8 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hidden-layers", type=int, default=2, help="kernel MLP hidden layers")
     p.add_argument("--band-limit", type=int, default=2, help="kernel MLP band limit")
     p.add_argument("--width", type=float, default=2.0, help="initial envelope width")
-    p.add_argument("--node-attrs", type=int, default=0,
-                   help="invariant node summaries of source and target given to the kernels")
-    p.add_argument("--pos-updates", action="store_true",
-                   help="move the positions seen by later layers (EGNN-style updates)")
-    p.add_argument("--coulomb-attr", action="store_true",
-                   help="give the kernels q_i q_j / (r^2 + 0.1^2) as an edge attribute")
+    p.add_argument("--no-pos-updates", action="store_true",
+                   help="keep the input positions in every layer (no EGNN-style updates)")
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
@@ -124,8 +120,7 @@ def _model_config(args) -> Dict:
                 vectors=args.vectors, tensors=args.tensors,
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
-                width=args.width, node_attrs=args.node_attrs,
-                pos_updates=args.pos_updates, coulomb_attr=args.coulomb_attr,
+                width=args.width, pos_updates=not args.no_pos_updates,
                 conv_kwargs=_conv_kwargs(args))
 
 
