@@ -70,12 +70,12 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="directory with {train,val,test}.npz")
     p.add_argument("--group", default="o3", choices=("o3", "so3", "so2z", "o2z"))
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--time-limit", type=float, default=50.0,
                    help="training budget in minutes (0: none). The learning-rate schedule "
                         "anneals over the epochs or this budget, whichever ends first; no "
                         "epoch starts after it, then the best model is tested")
-    p.add_argument("--batch-size", type=int, default=100, help="graphs per batch (per process)")
+    p.add_argument("--batch-size", type=int, default=25, help="graphs per batch (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-8)
     p.add_argument("--warmup-epochs", type=int, default=1)
