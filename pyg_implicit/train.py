@@ -78,6 +78,8 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=25, help="graphs per batch (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-8)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw"),
+                   help="adam: weight decay as an L2 term; adamw: decoupled weight decay")
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--max-train", type=int, default=3000,
                    help="training simulations used (EGNN: 3000)")
@@ -257,7 +259,8 @@ def train_nbody(args) -> Dict:
     config = _model_config(args)
     model = build_nbody_model(config).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[args.optimizer]
+    opt = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_b) / (args.batch_size * world))
     total_steps = max(1, args.epochs * steps_per_epoch)
     warm = max(0, args.warmup_epochs * steps_per_epoch)
@@ -397,6 +400,7 @@ def train_nbody(args) -> Dict:
             "train_time_s": train_time, "command": cmd, "params": n_params,
             "model_config": config, "train_samples": len(train_b), "val_samples": len(val_b),
             "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
+            "optimizer": args.optimizer, "weight_decay": args.weight_decay,
             "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_commit": _git_commit(), "history": history,
