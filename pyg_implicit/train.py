@@ -97,6 +97,12 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=2.0, help="initial envelope width")
     p.add_argument("--no-pos-updates", action="store_true",
                    help="keep the input positions in every layer (no EGNN-style updates)")
+    p.add_argument("--no-node-charge", action="store_true",
+                   help="drop the charge from the node features (the kernels still see "
+                        "q_i q_j): exactly invariant under flipping all charges")
+    p.add_argument("--messages", default="linear", choices=("linear", "nonlinear"),
+                   help="linear: one convolution per layer; nonlinear: per-edge two-layer "
+                        "gated message from [h_j, h_i] (SEGNN-like)")
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
@@ -126,6 +132,7 @@ def _model_config(args) -> Dict:
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
                 width=args.width, pos_updates=not args.no_pos_updates,
+                node_charge=not args.no_node_charge, messages=args.messages,
                 conv_kwargs=_conv_kwargs(args))
 
 

@@ -235,10 +235,11 @@ _BREAKERS = {
 }
 
 
-@pytest.mark.parametrize("pos_updates", [False, True])
+@pytest.mark.parametrize("pos_updates,messages", [(False, "linear"), (True, "linear"),
+                                                  (True, "nonlinear")])
 @pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z"])
-def test_model_equivariance(group, pos_updates):
-    model = _small_model(group, pos_updates=pos_updates)
+def test_model_equivariance(group, pos_updates, messages):
+    model = _small_model(group, pos_updates=pos_updates, messages=messages)
     # translations: exact
     assert _equiv_error(model, torch.eye(3, dtype=torch.float64),
                         torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)) < 1e-12
@@ -250,8 +251,29 @@ def test_model_equivariance(group, pos_updates):
         assert _equiv_error(model, _BREAKERS[group]) > 1e-3
 
 
-def test_model_output_and_gradients():
-    model = _small_model("so2z").train()
+@pytest.mark.parametrize("messages", ["linear", "nonlinear"])
+def test_model_charge_flip(messages):
+    """Flipping every charge leaves the physics unchanged; without the charge as a node
+    feature the model is invariant to it, with it the model is not."""
+    pos, vel, q, ei = _inputs()
+    with torch.no_grad():
+        for node_charge in (False, True):
+            model = _small_model("so2z", node_charge=node_charge, messages=messages)
+            out, out_flip = model(pos, vel, q, ei), model(pos, vel, -q, ei)
+            err = float((out - out_flip).norm() / out.norm())
+            assert (err > 1e-6) if node_charge else (err < 1e-13), (node_charge, err)
+
+
+def test_model_rejects_unknown_messages():
+    from pyg_implicit.models.nbody import NBodyModel
+
+    with pytest.raises(ValueError, match="messages"):
+        NBodyModel(messages="cubic")
+
+
+@pytest.mark.parametrize("messages", ["linear", "nonlinear"])
+def test_model_output_and_gradients(messages):
+    model = _small_model("so2z", messages=messages).train()
     pos, vel, q, ei = _inputs()
     out = model(pos, vel, q, ei)
     assert out.shape == (15, 3) and torch.isfinite(out).all()

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 GROUPS = ("o3", "so3", "so2z", "o2z")
+MESSAGES = ("linear", "nonlinear")
 _GSPACE_FN = {"o3": "flipRot3dOnR3", "so3": "rot3dOnR3", "so2z": "rot2dOnR3",
               "o2z": "conicalOnR3"}
 
@@ -142,6 +143,7 @@ class NBodyModel(torch.nn.Module):
                  vectors: int = 8, tensors: int = 0, hidden_channels: int = 16,
                  hidden_layers: int = 2, band_limit: int = 2, velocity_attr: bool = True,
                  width: float = 2.0, num_neighbors: float = 5.0, pos_updates: bool = True,
+                 node_charge: bool = True, messages: str = "linear",
                  conv_kwargs: Optional[Dict] = None):
         super().__init__()
         from escnn import gspaces
@@ -152,12 +154,15 @@ class NBodyModel(torch.nn.Module):
             raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if messages not in MESSAGES:
+            raise ValueError(f"messages must be one of {MESSAGES}, got {messages!r}")
         self.group = group
         self.config = dict(group=group, num_layers=num_layers, scalars=scalars, vectors=vectors,
                            tensors=tensors, hidden_channels=hidden_channels,
                            hidden_layers=hidden_layers, band_limit=band_limit,
                            velocity_attr=velocity_attr, width=width,
                            num_neighbors=num_neighbors, pos_updates=pos_updates,
+                           node_charge=node_charge, messages=messages,
                            conv_kwargs=dict(conv_kwargs or {}))
         o3 = gspaces.flipRot3dOnR3()
         G = o3.fibergroup
@@ -171,7 +176,8 @@ class NBodyModel(torch.nn.Module):
         def ftype(*reps):
             return _restrict(o3.type(*reps), group)
 
-        self.in_type = ftype(triv, triv, vec)
+        self.node_charge, self.messages = node_charge, messages
+        self.in_type = ftype(*([triv] if node_charge else []), triv, vec)
         self.hidden_type = ftype(*([triv] * scalars + [vec] * vectors + [l2] * tensors))
         self.gated_type = ftype(*([triv] * (scalars + ngates) + [vec] * vectors
                                   + [l2] * tensors))
@@ -190,9 +196,20 @@ class NBodyModel(torch.nn.Module):
                 kw.setdefault(name, value)
 
         self.convs = torch.nn.ModuleList()
+        # nonlinear messages: per edge, gate(K1(x_ij, a_ij) [h_j, h_i]) then K2(x_ij, a_ij),
+        # both convolutions over the "edge graph" (edge e -> edge e), summed at i
+        self.message_convs = torch.nn.ModuleList()
         t_in = self.in_type
         for _ in range(num_layers):
-            self.convs.append(ImplicitPointConv(t_in, self.gated_type, self.edge_attr_type, **kw))
+            if messages == "linear":
+                self.convs.append(ImplicitPointConv(t_in, self.gated_type, self.edge_attr_type,
+                                                    **kw))
+            else:
+                pair = t_in + t_in  # [h_j, h_i]
+                self.convs.append(ImplicitPointConv(pair, self.gated_type, self.edge_attr_type,
+                                                    **{**kw, "num_neighbors": 1.0}))
+                self.message_convs.append(ImplicitPointConv(
+                    self.hidden_type, self.gated_type, self.edge_attr_type, **kw))
             t_in = self.hidden_type
         self.out_conv = ImplicitPointConv(self.hidden_type, self.out_type, self.edge_attr_type,
                                           **kw)
@@ -265,16 +282,40 @@ class NBodyModel(torch.nn.Module):
             attrs += [vel[src], vel[dst]]
         return torch.cat(attrs, dim=1)
 
+    def _edge_graph(self, E: int, device) -> torch.Tensor:
+        """``[2, E]`` edge index e -> e (cached, so the fused op reuses its CSR)."""
+        key = (E, str(device))
+        cache = self.__dict__.setdefault("_edge_graphs", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = torch.arange(E, device=device).repeat(2, 1)
+        return cache[key]
+
+    def _layer(self, i: int, hn: torch.Tensor, p: torch.Tensor, edge_index: torch.Tensor,
+               a: torch.Tensor) -> torch.Tensor:
+        """Hidden layer ``i`` before its gate: aggregated messages at the targets."""
+        if self.messages == "linear":
+            return self.convs[i](hn, p, edge_index, a)
+        src, dst = edge_index
+        self_edges = self._edge_graph(src.numel(), src.device)
+        pos_pair = (p[src], p[dst])
+        m = self._gate(self.convs[i](torch.cat([hn[src], hn[dst]], dim=1), pos_pair,
+                                     self_edges, a))
+        m = self.message_convs[i](m, pos_pair, self_edges, a)
+        return m.new_zeros(hn.shape[0], m.shape[1]).index_add_(0, dst, m)
+
     def forward(self, pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor,
                 edge_index: torch.Tensor) -> torch.Tensor:
         q = charges.reshape(-1, 1).to(pos.dtype)
         x = torch.cat([q, vel.norm(dim=-1, keepdim=True), vel], dim=1)
+        if not self.node_charge:  # only the products q_i q_j (edge attributes) remain
+            x = x[:, 1:]
         a = self.edge_attributes(pos, vel, q, edge_index)
         p = pos
         h = None
-        for i, conv in enumerate(self.convs):
+        for i in range(len(self.convs)):
             hn = x if i == 0 else self._norm(h, i - 1)
-            dh = self._gate(conv(hn, p, edge_index, a))
+            dh = self._gate(self._layer(i, hn, p, edge_index, a))
             h = dh if i == 0 else h + dh
             if self.pos_updates:
                 p = p + self._position_update(dh, vel, i)
