@@ -103,6 +103,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--messages", default="linear", choices=("linear", "nonlinear"),
                    help="linear: one convolution per layer; nonlinear: per-edge two-layer "
                         "gated message from [h_j, h_i] (SEGNN-like)")
+    p.add_argument("--relative-velocity", action="store_true",
+                   help="velocities relative to the centre-of-mass velocity (Galilean "
+                        "boost covariant model)")
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
@@ -133,6 +136,7 @@ def _model_config(args) -> Dict:
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
                 width=args.width, pos_updates=not args.no_pos_updates,
                 node_charge=not args.no_node_charge, messages=args.messages,
+                relative_velocity=args.relative_velocity,
                 conv_kwargs=_conv_kwargs(args))
 
 

@@ -264,6 +264,21 @@ def test_model_charge_flip(messages):
             assert (err > 1e-6) if node_charge else (err < 1e-13), (node_charge, err)
 
 
+@pytest.mark.parametrize("relative_velocity", [False, True])
+def test_model_galilean_boost(relative_velocity):
+    """A boost v -> v + u moves the true targets by T u (T = 1000 dt = 1); with relative
+    velocities the model's output moves by mean_vel_coef * u exactly, without it not."""
+    pos, vel, q, ei = _inputs()
+    u = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    model = _small_model("o2z", relative_velocity=relative_velocity, messages="nonlinear")
+    with torch.no_grad():
+        if relative_velocity:
+            model.mean_vel_coef.fill_(0.7)
+        shift = model(pos, vel + u, q, ei) - model(pos, vel, q, ei)
+    err = float((shift - 0.7 * u).norm() / (0.7 * u).norm())
+    assert (err < 1e-12) if relative_velocity else (err > 1e-3), err
+
+
 def test_model_rejects_unknown_messages():
     from pyg_implicit.models.nbody import NBodyModel
 

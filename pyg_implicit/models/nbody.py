@@ -132,6 +132,18 @@ class NBodyModel(torch.nn.Module):
             kernels' initial normalisation.
         pos_updates: move the positions seen by the next layers after each hidden
             layer by a learned combination of its vector outputs and the velocity.
+        node_charge: give the charge ``q_i`` to the first layer as a node feature.
+            Without it the model sees charges only through ``q_i q_j`` and is exactly
+            invariant under flipping every charge, a symmetry of the physics.
+        messages: ``"linear"``: a layer is one convolution, messages linear in
+            ``h_j``; ``"nonlinear"``: a two-layer gated message per edge,
+            ``K_2(x_ij, a_ij) gate(K_1(x_ij, a_ij) [h_j, h_i])``, summed at ``i``
+            (SEGNN-like; both kernels implicit, about 2x the cost per layer).
+        relative_velocity: the network sees velocities relative to the mean
+            velocity of each node's neighbours (the centre-of-mass velocity on the
+            fully connected graph), and the output adds ``T * mean velocity`` with a
+            learnable ``T`` (initially 1): the model is then covariant under Galilean
+            boosts ``v -> v + u``, which move the targets by ``T u`` exactly.
         conv_kwargs: further keyword arguments of the convolution (e.g. ``backend``).
 
     Shapes:
@@ -144,7 +156,7 @@ class NBodyModel(torch.nn.Module):
                  hidden_layers: int = 2, band_limit: int = 2, velocity_attr: bool = True,
                  width: float = 2.0, num_neighbors: float = 5.0, pos_updates: bool = True,
                  node_charge: bool = True, messages: str = "linear",
-                 conv_kwargs: Optional[Dict] = None):
+                 relative_velocity: bool = False, conv_kwargs: Optional[Dict] = None):
         super().__init__()
         from escnn import gspaces
 
@@ -163,7 +175,7 @@ class NBodyModel(torch.nn.Module):
                            velocity_attr=velocity_attr, width=width,
                            num_neighbors=num_neighbors, pos_updates=pos_updates,
                            node_charge=node_charge, messages=messages,
-                           conv_kwargs=dict(conv_kwargs or {}))
+                           relative_velocity=relative_velocity, conv_kwargs=dict(conv_kwargs or {}))
         o3 = gspaces.flipRot3dOnR3()
         G = o3.fibergroup
         triv, vec, l2 = G.irrep(0, 0), G.standard_representation(), G.irrep(0, 2)
@@ -214,6 +226,9 @@ class NBodyModel(torch.nn.Module):
         self.out_conv = ImplicitPointConv(self.hidden_type, self.out_type, self.edge_attr_type,
                                           **kw)
         self.vel_coef = torch.nn.Parameter(torch.ones(()))
+        self.relative_velocity = relative_velocity
+        if relative_velocity:  # the horizon T: a boost by u moves the targets by T u
+            self.mean_vel_coef = torch.nn.Parameter(torch.ones(()))
         # pre-norms of the hidden convolutions 2..L and of the output convolution
         nf = scalars + vectors + tensors
         self.norm_weights = torch.nn.ParameterList(
@@ -307,6 +322,9 @@ class NBodyModel(torch.nn.Module):
     def forward(self, pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor,
                 edge_index: torch.Tensor) -> torch.Tensor:
         q = charges.reshape(-1, 1).to(pos.dtype)
+        if self.relative_velocity:
+            mean_vel = self._neighbour_mean(vel, edge_index)
+            vel = vel - mean_vel
         x = torch.cat([q, vel.norm(dim=-1, keepdim=True), vel], dim=1)
         if not self.node_charge:  # only the products q_i q_j (edge attributes) remain
             x = x[:, 1:]
@@ -323,7 +341,17 @@ class NBodyModel(torch.nn.Module):
         L = len(self.convs)
         hn = self._norm(h, L - 1)
         delta = self.out_conv(hn, p, edge_index, a)
-        return p + self.vel_coef * vel + self.out_scale * delta
+        out = p + self.vel_coef * vel + self.out_scale * delta
+        return out + self.mean_vel_coef * mean_vel if self.relative_velocity else out
+
+    @staticmethod
+    def _neighbour_mean(vel: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Mean velocity over each node's incoming edges (the centre-of-mass velocity
+        of a fully connected graph with self loops; zero at isolated nodes)."""
+        src, dst = edge_index
+        total = vel.new_zeros(vel.shape).index_add_(0, dst, vel[src])
+        deg = vel.new_zeros(vel.shape[0]).index_add_(0, dst, vel.new_ones(dst.shape))
+        return total / deg.clamp_min(1)[:, None]
 
     def _position_update(self, dh: torch.Tensor, vel: torch.Tensor, i: int) -> torch.Tensor:
         s, nv = self.scalars, self.vectors
