@@ -87,7 +87,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="limit validation/test simulations (default: all)")
     p.add_argument("--frame-0", type=int, default=30)
     p.add_argument("--frame-T", type=int, default=40)
-    p.add_argument("--num-layers", type=int, default=6)
+    p.add_argument("--num-layers", type=int, default=4)
     p.add_argument("--scalars", type=int, default=16)
     p.add_argument("--vectors", type=int, default=8)
     p.add_argument("--tensors", type=int, default=0)
@@ -97,15 +97,16 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=2.0, help="initial envelope width")
     p.add_argument("--no-pos-updates", action="store_true",
                    help="keep the input positions in every layer (no EGNN-style updates)")
-    p.add_argument("--no-node-charge", action="store_true",
-                   help="drop the charge from the node features (the kernels still see "
-                        "q_i q_j): exactly invariant under flipping all charges")
-    p.add_argument("--messages", default="linear", choices=("linear", "nonlinear"),
+    p.add_argument("--node-charge", action="store_true",
+                   help="also give the charge q_i to the first layer as a node feature "
+                        "(by default the model sees only q_i q_j, on the edges, and is "
+                        "exactly invariant under flipping all charges)")
+    p.add_argument("--messages", default="nonlinear", choices=("linear", "nonlinear"),
                    help="linear: one convolution per layer; nonlinear: per-edge two-layer "
                         "gated message from [h_j, h_i] (SEGNN-like)")
-    p.add_argument("--relative-velocity", action="store_true",
-                   help="velocities relative to the centre-of-mass velocity (Galilean "
-                        "boost covariant model)")
+    p.add_argument("--no-relative-velocity", action="store_true",
+                   help="absolute velocities (by default they are taken relative to the "
+                        "centre-of-mass velocity: a Galilean-boost covariant model)")
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
@@ -135,8 +136,8 @@ def _model_config(args) -> Dict:
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
                 width=args.width, pos_updates=not args.no_pos_updates,
-                node_charge=not args.no_node_charge, messages=args.messages,
-                relative_velocity=args.relative_velocity,
+                node_charge=args.node_charge, messages=args.messages,
+                relative_velocity=not args.no_relative_velocity,
                 conv_kwargs=_conv_kwargs(args))
 
 

@@ -151,12 +151,12 @@ class NBodyModel(torch.nn.Module):
         -> [N, 3]`` predicted positions.
     """
 
-    def __init__(self, group: str = "o3", num_layers: int = 6, scalars: int = 16,
+    def __init__(self, group: str = "o3", num_layers: int = 4, scalars: int = 16,
                  vectors: int = 8, tensors: int = 0, hidden_channels: int = 16,
                  hidden_layers: int = 2, band_limit: int = 2, velocity_attr: bool = True,
                  width: float = 2.0, num_neighbors: float = 5.0, pos_updates: bool = True,
-                 node_charge: bool = True, messages: str = "linear",
-                 relative_velocity: bool = False, conv_kwargs: Optional[Dict] = None):
+                 node_charge: bool = False, messages: str = "nonlinear",
+                 relative_velocity: bool = True, conv_kwargs: Optional[Dict] = None):
         super().__init__()
         from escnn import gspaces
 
