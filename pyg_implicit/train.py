@@ -157,10 +157,15 @@ def build_nbody_model(config: Dict):
     return NBodyModel(**config)
 
 
+_LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False)
+
+
 def load_nbody_checkpoint(path: str, map_location="cpu"):
     """Rebuild an :class:`NBodyModel` from a checkpoint written by this script."""
     ck = torch.load(path, map_location=map_location, weights_only=False)
-    model = build_nbody_model(ck["model_config"])
+    # checkpoints from before these options existed were trained without them
+    config = {**_LEGACY_MODEL_CONFIG, **ck["model_config"]}
+    model = build_nbody_model(config)
     model.load_state_dict(ck["model"])
     return model, ck
 

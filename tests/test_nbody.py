@@ -368,3 +368,22 @@ def test_checkpoint_roundtrip(tiny_run, tmp_path):
     model2.eval()
     with torch.no_grad():
         torch.testing.assert_close(model2(*args), pred, rtol=0, atol=0)
+
+
+def test_checkpoint_from_before_the_new_options(tmp_path):
+    """A checkpoint whose config predates ``node_charge``/``messages``/``relative_velocity``
+    loads as the model it was trained as (linear messages, charge feature, absolute v)."""
+    from pyg_implicit.train import load_nbody_checkpoint
+
+    legacy = dict(group="so2z", num_layers=2, scalars=3, vectors=2, tensors=1, hidden_channels=4,
+                  hidden_layers=1, band_limit=1)
+    model = _small_model(**legacy, node_charge=True, messages="linear",
+                         relative_velocity=False)
+    path = tmp_path / "legacy.pt"
+    torch.save({"model": model.state_dict(), "model_config": legacy}, path)
+    loaded, _ = load_nbody_checkpoint(str(path))
+    loaded.double().eval()
+    assert loaded.messages == "linear" and loaded.node_charge and not loaded.relative_velocity
+    args = _inputs()
+    with torch.no_grad():  # the float32 checkpoint round trip costs ~1e-7
+        torch.testing.assert_close(loaded(*args), model(*args), rtol=1e-5, atol=1e-6)
