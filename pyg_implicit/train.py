@@ -97,10 +97,12 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=2.0, help="initial envelope width")
     p.add_argument("--no-pos-updates", action="store_true",
                    help="keep the input positions in every layer (no EGNN-style updates)")
-    p.add_argument("--node-charge", action="store_true",
-                   help="also give the charge q_i to the first layer as a node feature "
-                        "(by default the model sees only q_i q_j, on the edges, and is "
-                        "exactly invariant under flipping all charges)")
+    p.add_argument("--node-charge", default="auto", choices=("auto", "on", "off"),
+                   help="give the charge q_i to the first layer as a node feature. off: "
+                        "the model sees only q_i q_j (edges) and is exactly invariant under "
+                        "flipping all charges, a symmetry of `charged`; auto: off for "
+                        "`charged`, on for `charged-field` (the field force q_i E breaks "
+                        "that symmetry)")
     p.add_argument("--messages", default="nonlinear", choices=("linear", "nonlinear"),
                    help="linear: one convolution per layer; nonlinear: per-edge two-layer "
                         "gated message from [h_j, h_i] (SEGNN-like)")
@@ -130,13 +132,19 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _model_config(args) -> Dict:
+def _node_charge(choice: str, variant: str) -> bool:
+    """The charge-flip symmetry (q -> -q for all particles) holds without an external
+    field only; "auto" drops q_i from the node features exactly when it holds."""
+    return choice == "on" or (choice == "auto" and variant != "charged")
+
+
+def _model_config(args, variant: str) -> Dict:
     return dict(group=args.group, num_layers=args.num_layers, scalars=args.scalars,
                 vectors=args.vectors, tensors=args.tensors,
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
                 width=args.width, pos_updates=not args.no_pos_updates,
-                node_charge=args.node_charge, messages=args.messages,
+                node_charge=_node_charge(args.node_charge, variant), messages=args.messages,
                 relative_velocity=not args.no_relative_velocity,
                 conv_kwargs=_conv_kwargs(args))
 
@@ -273,7 +281,7 @@ def train_nbody(args) -> Dict:
     results_path = args.results or os.path.join(REPO_ROOT, "benchmarks", "results",
                                                  f"{run_name}.json")
 
-    config = _model_config(args)
+    config = _model_config(args, variant)
     model = build_nbody_model(config).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[args.optimizer]

@@ -334,12 +334,23 @@ def test_cli_smoke_and_resume(tiny_run):
     for key in ("test_mse", "command", "group", "variant", "wall_time_s"):
         assert key in r1
     assert r1["group"] == "so2z" and r1["variant"] == "charged"
+    assert r1["model_config"]["node_charge"] is False  # "auto" on `charged`
     assert r1["epochs_completed"] == 1 and np.isfinite(r1["test_mse"])
     assert "pyg_implicit.train nbody" in r1["command"]
     # the second command resumed from the last state instead of starting over
     assert "resumed" in tiny_run["out2"]
     assert r2["epochs_completed"] == 2
     assert r2["history"][0] == r1["history"][0]
+
+
+def test_node_charge_follows_the_variant():
+    """The external field couples to each q_i, so the charge-flip invariant model (no
+    q_i node feature) is only the automatic choice without a field."""
+    from pyg_implicit.train import _node_charge
+
+    assert [_node_charge(c, "charged") for c in ("auto", "on", "off")] == [False, True, False]
+    assert [_node_charge(c, "charged-field") for c in ("auto", "on", "off")] == \
+        [True, True, False]
 
 
 def test_checkpoint_roundtrip(tiny_run, tmp_path):

@@ -68,7 +68,9 @@ centre-of-mass velocity ``V``. Output: ``p + a * v + delta + T * V`` with
 
 Two exact symmetries of the physics besides E(3) and permutations are built
 in by default: flipping every charge (the model sees charges only through
-``q_i q_j``) and Galilean boosts ``v -> v + u`` (targets move by ``T u``).
+``q_i q_j``; not a symmetry with an external field, see ``node_charge``) and
+Galilean boosts ``v -> v + u`` (targets move by ``T u``; also with a constant
+field).
 On the charged task (30 epochs, linear messages) dropping ``q_i`` from the
 node features lowered the test MSE from 0.00770 to 0.00644.
 """
@@ -151,7 +153,9 @@ class NBodyModel(torch.nn.Module):
             layer by a learned combination of its vector outputs and the velocity.
         node_charge: give the charge ``q_i`` to the first layer as a node feature.
             Without it the model sees charges only through ``q_i q_j`` and is exactly
-            invariant under flipping every charge, a symmetry of the physics.
+            invariant under flipping every charge, a symmetry of the physics without
+            an external field. An external field couples to each ``q_i`` and breaks it:
+            keep ``node_charge=True`` for ``charged-field`` (``train`` does so).
         messages: ``"linear"``: a layer is one convolution, messages linear in
             ``h_j``; ``"nonlinear"``: a two-layer gated message per edge,
             ``K_2(x_ij, a_ij) gate(K_1(x_ij, a_ij) [h_j, h_i])``, summed at ``i``
