@@ -265,6 +265,7 @@ def train_nbody(args) -> Dict:
     main = rank == 0
     log = (lambda *a: print(*a, flush=True)) if main else (lambda *a: None)
     t_start = time.time()
+    commit = _git_commit()  # at launch: the code that trained, even if HEAD moves on
     seed_everything(args.seed)
 
     train = load_split(args.data, "train", args.frame_0, args.frame_T, args.max_train)
@@ -428,7 +429,7 @@ def train_nbody(args) -> Dict:
             "optimizer": args.optimizer, "weight_decay": args.weight_decay,
             "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "git_commit": _git_commit(), "history": history,
+            "git_commit": commit, "history": history,
         }
         os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
         with open(results_path, "w") as f:
