@@ -109,6 +109,16 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-relative-velocity", action="store_true",
                    help="absolute velocities (by default they are taken relative to the "
                         "centre-of-mass velocity: a Galilean-boost covariant model)")
+    p.add_argument("--coulomb-attr", action="store_true",
+                   help="add q_i q_j / r and q_i q_j / r^2 to the kernels' edge attributes")
+    p.add_argument("--node-force", action="store_true",
+                   help="give the Coulomb force on each particle to the first layer")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights, updated "
+                        "each step, which is validated, checkpointed and tested "
+                        "(0: off)")
+    p.add_argument("--validate-raw", action="store_true",
+                   help="with --ema, also validate the raw weights each epoch (logged)")
     p.add_argument("--no-velocity-attr", action="store_true",
                    help="do not pass velocities to the kernels as edge attributes")
     p.add_argument("--backend", default="auto", help="ImplicitPointConv backend")
@@ -146,6 +156,7 @@ def _model_config(args, variant: str) -> Dict:
                 width=args.width, pos_updates=not args.no_pos_updates,
                 node_charge=_node_charge(args.node_charge, variant), messages=args.messages,
                 relative_velocity=not args.no_relative_velocity,
+                coulomb_attr=args.coulomb_attr, node_force=args.node_force,
                 conv_kwargs=_conv_kwargs(args))
 
 
@@ -165,7 +176,8 @@ def build_nbody_model(config: Dict):
     return NBodyModel(**config)
 
 
-_LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False)
+_LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
+                            coulomb_attr=False, node_force=False)
 
 
 def load_nbody_checkpoint(path: str, map_location="cpu"):
@@ -176,6 +188,32 @@ def load_nbody_checkpoint(path: str, map_location="cpu"):
     model = build_nbody_model(config)
     model.load_state_dict(ck["model"])
     return model, ck
+
+
+class WeightEMA:
+    """Exponential moving average of a model's parameters, in a copy of the model.
+
+    Only parameters are averaged: the buffers of the convolutions are kernel bases
+    and caches that each copy keeps for itself (``torch.optim.swa_utils.AveragedModel``
+    copies buffers into the average, which fails on caches that change shape)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model)
+        self.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        avg = list(self.module.parameters())
+        torch._foreach_lerp_(avg, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+
+    def state_dict(self) -> Dict:
+        return {"decay": self.decay, "model": self.module.state_dict()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.module.load_state_dict(state["model"])
 
 
 class _Batches:
@@ -309,13 +347,22 @@ def train_nbody(args) -> Dict:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * prog))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    ema = None
+    if args.ema:
+        if not 0.0 < args.ema < 1.0:
+            raise SystemExit(f"--ema must be a decay in (0, 1), got {args.ema}")
+        ema = WeightEMA(model, args.ema)
+    # the model that is validated, checkpointed as best and tested
+    eval_model = ema.module if ema is not None else model
     start_epoch, best_val, history, train_time = 0, float("inf"), [], 0.0
     if not args.no_resume and os.path.exists(last_path):
         ck = torch.load(last_path, map_location=device, weights_only=False)
         if ck.get("model_config") != config:
             raise SystemExit(f"checkpoint {last_path} was trained with a different model "
                              f"configuration; pass --no-resume or another --run-name")
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(ck["raw_model"] if "raw_model" in ck else ck["model"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_val = ck["epoch"] + 1, ck["best_val"]
@@ -368,6 +415,8 @@ def train_nbody(args) -> Dict:
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             tot += loss.item() * idx.numel()
             cnt += idx.numel()
             bar.set_postfix(loss=f"{tot / cnt:.5f}")
@@ -378,21 +427,28 @@ def train_nbody(args) -> Dict:
             tc = torch.tensor([tot, float(cnt)], dtype=torch.float64, device=device)
             dist.all_reduce(tc)
             tot, cnt = float(tc[0]), int(tc[1])
-        val_mse = evaluate(model, val_b, device, max(args.batch_size, 200), distributed)
+        eval_bs = max(args.batch_size, 200)
+        val_mse = evaluate(eval_model, val_b, device, eval_bs, distributed)
+        raw = {}
+        if ema is not None and args.validate_raw:
+            raw["val_mse_raw"] = evaluate(model, val_b, device, eval_bs, distributed)
         train_time += time.time() - t0
         improved = val_mse < best_val
         history.append({"epoch": epoch + 1, "train_mse": tot / max(cnt, 1), "val_mse": val_mse,
-                        "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0})
+                        **raw, "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0})
         log(f"epoch {epoch + 1:4d}  train {tot / max(cnt, 1):.6f}  val {val_mse:.6f}"
-            f"{'  *' if improved else ''}  ({time.time() - t0:.1f}s)")
+            + "".join(f"  (raw weights: val {v:.6f})" for v in raw.values())
+            + f"{'  *' if improved else ''}  ({time.time() - t0:.1f}s)")
         if main:
-            state = {"model": model.state_dict(), "model_config": config, "epoch": epoch,
+            state = {"model": eval_model.state_dict(), "model_config": config, "epoch": epoch,
                      "val_mse": val_mse, "variant": variant,
                      "args": {k: v for k, v in vars(args).items() if k != "func"}}
             if improved:
                 best_val = val_mse
                 torch.save(state, best_path + ".tmp")
                 os.replace(best_path + ".tmp", best_path)
+            if ema is not None:
+                state.update(raw_model=model.state_dict(), ema=ema.state_dict())
             state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                          best_val=best_val, history=history, train_time_s=train_time,
                          rng_cpu=torch.get_rng_state())
@@ -412,7 +468,7 @@ def train_nbody(args) -> Dict:
             best_model.to(device)
             best_epoch = ck["epoch"] + 1
         else:
-            best_model, best_epoch = model, None
+            best_model, best_epoch = eval_model, None
         test_mse = evaluate(best_model, test_b, device, max(args.batch_size, 200), False)
         wall = time.time() - t_start
         argv = getattr(args, "argv", None) or sys.argv[1:]
@@ -426,7 +482,7 @@ def train_nbody(args) -> Dict:
             "train_time_s": train_time, "command": cmd, "params": n_params,
             "model_config": config, "train_samples": len(train_b), "val_samples": len(val_b),
             "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
-            "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+            "optimizer": args.optimizer, "weight_decay": args.weight_decay, "ema": args.ema,
             "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_commit": commit, "history": history,

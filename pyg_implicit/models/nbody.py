@@ -133,6 +133,33 @@ def fully_connected_edges(num_graphs: int, n: int, self_loops: bool = True,
     return torch.stack([src.repeat(num_graphs) + off, dst.repeat(num_graphs) + off])
 
 
+# the simulator clips each force component at 100 = 1 / 0.1^2: below r ~ 0.1 the
+# Coulomb terms stop growing
+COULOMB_MIN_DISTANCE = 0.1
+
+
+def _coulomb_terms(qq: torch.Tensor, dist: torch.Tensor, self_loop: torch.Tensor):
+    """``q_i q_j / r`` and ``0.1 q_i q_j / r^2`` (r clamped at 0.1, zero on self loops):
+    the potential and force magnitude, which a kernel MLP of ``r`` finds hard to fit
+    near close encounters, where most of the N-body error is."""
+    inv = 1.0 / dist.clamp_min(COULOMB_MIN_DISTANCE)
+    inv = inv.masked_fill(self_loop[:, None], 0.0)
+    return qq * inv, 0.1 * qq * inv * inv
+
+
+def coulomb_force(pos: torch.Tensor, q: torch.Tensor, edge_index: torch.Tensor,
+                  scale: float = 0.1) -> torch.Tensor:
+    """``scale * sum_j q_i q_j (p_i - p_j) / r^3`` over the incoming edges ``j -> i``
+    (r clamped at 0.1, self loops skipped): the Coulomb force on each node."""
+    src, dst = edge_index
+    q = q.reshape(-1)
+    x = pos[dst] - pos[src]
+    r = x.norm(dim=-1, keepdim=True).clamp_min(COULOMB_MIN_DISTANCE)
+    f = (q[src] * q[dst])[:, None] * x / r.pow(3)
+    f = f.masked_fill((src == dst)[:, None], 0.0)
+    return scale * pos.new_zeros(pos.shape).index_add_(0, dst, f)
+
+
 class NBodyModel(torch.nn.Module):
     r"""Implicit steerable-kernel network for N-body position prediction.
 
@@ -165,6 +192,11 @@ class NBodyModel(torch.nn.Module):
             fully connected graph), and the output adds ``T * mean velocity`` with a
             learnable ``T`` (initially 1): the model is then covariant under Galilean
             boosts ``v -> v + u``, which move the targets by ``T u`` exactly.
+        coulomb_attr: two more scalar edge attributes, ``q_i q_j / r`` and
+            ``0.1 q_i q_j / r^2`` (``r`` clamped at 0.1, the simulator's force-clipping
+            scale; zero on self loops), recomputed at the updated positions.
+        node_force: give the Coulomb force on each node (times 0.1, see
+            :func:`coulomb_force`) to the first layer as a vector feature, with its norm.
         conv_kwargs: further keyword arguments of the convolution (e.g. ``backend``).
 
     Shapes:
@@ -177,7 +209,8 @@ class NBodyModel(torch.nn.Module):
                  hidden_layers: int = 2, band_limit: int = 2, velocity_attr: bool = True,
                  width: float = 2.0, num_neighbors: float = 5.0, pos_updates: bool = True,
                  node_charge: bool = False, messages: str = "nonlinear",
-                 relative_velocity: bool = True, conv_kwargs: Optional[Dict] = None):
+                 relative_velocity: bool = True, coulomb_attr: bool = False,
+                 node_force: bool = False, conv_kwargs: Optional[Dict] = None):
         super().__init__()
         from escnn import gspaces
 
@@ -196,7 +229,8 @@ class NBodyModel(torch.nn.Module):
                            velocity_attr=velocity_attr, width=width,
                            num_neighbors=num_neighbors, pos_updates=pos_updates,
                            node_charge=node_charge, messages=messages,
-                           relative_velocity=relative_velocity, conv_kwargs=dict(conv_kwargs or {}))
+                           relative_velocity=relative_velocity, coulomb_attr=coulomb_attr,
+                           node_force=node_force, conv_kwargs=dict(conv_kwargs or {}))
         o3 = gspaces.flipRot3dOnR3()
         G = o3.fibergroup
         triv, vec, l2 = G.irrep(0, 0), G.standard_representation(), G.irrep(0, 2)
@@ -210,13 +244,15 @@ class NBodyModel(torch.nn.Module):
             return _restrict(o3.type(*reps), group)
 
         self.node_charge, self.messages = node_charge, messages
-        self.in_type = ftype(*([triv] if node_charge else []), triv, vec)
+        self.coulomb_attr, self.node_force = coulomb_attr, node_force
+        self.in_type = ftype(*([triv] if node_charge else []), triv, vec,
+                             *([triv, vec] if node_force else []))
         self.hidden_type = ftype(*([triv] * scalars + [vec] * vectors + [l2] * tensors))
         self.gated_type = ftype(*([triv] * (scalars + ngates) + [vec] * vectors
                                   + [l2] * tensors))
         self.out_type = ftype(vec)
         self.velocity_attr = velocity_attr
-        self.edge_attr_type = self._attr_type(o3, group, velocity_attr)
+        self.edge_attr_type = self._attr_type(o3, group, velocity_attr, coulomb_attr)
         self.gspace = self.in_type.gspace
 
         kw = dict(hidden_channels=hidden_channels, hidden_layers=hidden_layers)
@@ -269,9 +305,10 @@ class NBodyModel(torch.nn.Module):
             self.update_vel = torch.nn.Parameter(torch.zeros(num_layers))
 
     @staticmethod
-    def _attr_type(o3, group: str, velocity_attr: bool):
+    def _attr_type(o3, group: str, velocity_attr: bool, coulomb_attr: bool = False):
         G = o3.fibergroup
-        reps = [G.irrep(0, 0)] * 2 + ([G.standard_representation()] * 2 if velocity_attr else [])
+        reps = [G.irrep(0, 0)] * (4 if coulomb_attr else 2)
+        reps += [G.standard_representation()] * 2 if velocity_attr else []
         return _restrict(o3.type(*reps), group)
 
     # ------------------------------------------------------------------ helpers
@@ -313,7 +350,10 @@ class NBodyModel(torch.nn.Module):
         src, dst = edge_index
         q = charges.reshape(-1)
         dist = (pos[src] - pos[dst]).norm(dim=-1, keepdim=True)
-        attrs = [(q[src] * q[dst])[:, None], dist]
+        qq = (q[src] * q[dst])[:, None]
+        attrs = [qq, dist]
+        if self.coulomb_attr:
+            attrs += list(_coulomb_terms(qq, dist, src == dst))
         if self.velocity_attr:
             attrs += [vel[src], vel[dst]]
         return torch.cat(attrs, dim=1)
@@ -349,6 +389,9 @@ class NBodyModel(torch.nn.Module):
         x = torch.cat([q, vel.norm(dim=-1, keepdim=True), vel], dim=1)
         if not self.node_charge:  # only the products q_i q_j (edge attributes) remain
             x = x[:, 1:]
+        if self.node_force:
+            force = coulomb_force(pos, q, edge_index)
+            x = torch.cat([x, force.norm(dim=-1, keepdim=True), force], dim=1)
         a = self.edge_attributes(pos, vel, q, edge_index)
         p = pos
         h = None
