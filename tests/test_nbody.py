@@ -235,11 +235,15 @@ _BREAKERS = {
 }
 
 
-@pytest.mark.parametrize("pos_updates,messages", [(False, "linear"), (True, "linear"),
-                                                  (True, "nonlinear")])
+_PHYSICS_FEATURES = dict(coulomb_attr=True, node_force=True)
+
+
+@pytest.mark.parametrize("pos_updates,messages,extra", [
+    (False, "linear", {}), (True, "linear", {}), (True, "nonlinear", {}),
+    (True, "nonlinear", _PHYSICS_FEATURES)], ids=["static", "linear", "nonlinear", "coulomb"])
 @pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z"])
-def test_model_equivariance(group, pos_updates, messages):
-    model = _small_model(group, pos_updates=pos_updates, messages=messages)
+def test_model_equivariance(group, pos_updates, messages, extra):
+    model = _small_model(group, pos_updates=pos_updates, messages=messages, **extra)
     # translations: exact
     assert _equiv_error(model, torch.eye(3, dtype=torch.float64),
                         torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)) < 1e-12
@@ -251,17 +255,57 @@ def test_model_equivariance(group, pos_updates, messages):
         assert _equiv_error(model, _BREAKERS[group]) > 1e-3
 
 
-@pytest.mark.parametrize("messages", ["linear", "nonlinear"])
-def test_model_charge_flip(messages):
+@pytest.mark.parametrize("messages,extra", [("linear", {}), ("nonlinear", {}),
+                                           ("nonlinear", _PHYSICS_FEATURES)])
+def test_model_charge_flip(messages, extra):
     """Flipping every charge leaves the physics unchanged; without the charge as a node
     feature the model is invariant to it, with it the model is not."""
     pos, vel, q, ei = _inputs()
     with torch.no_grad():
         for node_charge in (False, True):
-            model = _small_model("so2z", node_charge=node_charge, messages=messages)
+            model = _small_model("so2z", node_charge=node_charge, messages=messages, **extra)
             out, out_flip = model(pos, vel, q, ei), model(pos, vel, -q, ei)
             err = float((out - out_flip).norm() / out.norm())
             assert (err > 1e-6) if node_charge else (err < 1e-13), (node_charge, err)
+
+
+def test_coulomb_force_matches_the_simulator():
+    """The force feature is 0.1 x the simulator's unclipped Coulomb force, on graphs
+    with self loops and with the edges in any order."""
+    from pyg_implicit.models.nbody import coulomb_force, fully_connected_edges
+
+    rng = np.random.default_rng(3)
+    cfg = nb.SimConfig()
+    charges, loc, _ = nb.sample_initial_conditions(cfg, 4, rng)
+    F, _ = nb.forces(cfg, loc, charges, clip=False)
+    ei = fully_connected_edges(4, 5)
+    ei = ei[:, torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(0))]
+    got = coulomb_force(torch.from_numpy(loc.reshape(-1, 3)),
+                        torch.from_numpy(charges.reshape(-1)), ei)
+    assert np.all(np.linalg.norm(loc[:, :, None] - loc[:, None], axis=-1)
+                  [:, ~np.eye(5, dtype=bool)] > 0.1)  # no clamping in this sample
+    np.testing.assert_allclose(got.numpy(), 0.1 * F.reshape(-1, 3), rtol=1e-12, atol=1e-14)
+
+
+def test_coulomb_edge_attributes():
+    """q_i q_j / r and 0.1 q_i q_j / r^2 with r clamped at 0.1, zero on self loops."""
+    from pyg_implicit.models.nbody import fully_connected_edges
+
+    model = _small_model("so2z", coulomb_attr=True, velocity_attr=False)
+    pos = torch.tensor([[0.0, 0, 0], [0, 0, 2.0], [0, 0.05, 0]], dtype=torch.float64)
+    q = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    ei = fully_connected_edges(1, 3)
+    a = model.edge_attributes(pos, torch.zeros_like(pos), q, ei)
+    assert a.shape == (9, 4)
+    src, dst = ei
+    r = (pos[src] - pos[dst]).norm(dim=1)
+    qq = q[src] * q[dst]
+    r_c = r.clamp_min(0.1)
+    expect_pot = torch.where(src == dst, 0.0, qq / r_c)
+    torch.testing.assert_close(a[:, 2], expect_pot)
+    torch.testing.assert_close(a[:, 3], torch.where(src == dst, 0.0, 0.1 * qq / r_c ** 2))
+    assert a[(src == 0) & (dst == 1), 2].item() == pytest.approx(-0.5)
+    assert a[(src == 0) & (dst == 2), 2].item() == pytest.approx(10.0)  # clamped
 
 
 @pytest.mark.parametrize("relative_velocity", [False, True])
@@ -319,13 +363,19 @@ def tiny_run(tmp_path_factory):
                   "--frame-0", "3", "--frame-T", "8", "--batch-size", "4", "--num-layers", "1",
                   "--scalars", "2", "--vectors", "1", "--hidden-channels", "4",
                   "--hidden-layers", "1", "--band-limit", "1", "--threads", "1",
-                  "--checkpoint-dir", str(tmp / "ck"), "--results", str(tmp / "res.json"),
-                  "--no-progress"]
-    out1 = _run(train_args + ["--epochs", "1"])
+                  "--ema", "0.5", "--validate-raw", "--no-progress"]
+    run_args = train_args + ["--checkpoint-dir", str(tmp / "ck"),
+                             "--results", str(tmp / "res.json")]
+    out1 = _run(run_args + ["--epochs", "1"])
     res1 = json.load(open(tmp / "res.json"))
-    out2 = _run(train_args + ["--epochs", "2"])
+    out2 = _run(run_args + ["--epochs", "2"])
     res2 = json.load(open(tmp / "res.json"))
-    return dict(tmp=tmp, data=data, out1=out1, out2=out2, res1=res1, res2=res2)
+    # the same two epochs without the interruption
+    _run(train_args + ["--epochs", "2", "--checkpoint-dir", str(tmp / "ck_straight"),
+                       "--results", str(tmp / "straight.json")])
+    straight = json.load(open(tmp / "straight.json"))
+    return dict(tmp=tmp, data=data, out1=out1, out2=out2, res1=res1, res2=res2,
+                straight=straight)
 
 
 def test_cli_smoke_and_resume(tiny_run):
@@ -341,6 +391,34 @@ def test_cli_smoke_and_resume(tiny_run):
     assert "resumed" in tiny_run["out2"]
     assert r2["epochs_completed"] == 2
     assert r2["history"][0] == r1["history"][0]
+    # resuming restores the model, its weight average, the optimiser and the RNG: the
+    # resumed run validates exactly like an uninterrupted one
+    straight = tiny_run["straight"]
+    for key in ("train_mse", "val_mse", "val_mse_raw"):
+        assert [h[key] for h in r2["history"]] == [h[key] for h in straight["history"]], key
+    assert r2["test_mse"] == straight["test_mse"]
+    # the averaged weights are what is validated (decay 0.5: they differ from the raw ones)
+    assert all(h["val_mse"] != h["val_mse_raw"] for h in r2["history"])
+
+
+def test_weight_ema_update():
+    from pyg_implicit.train import WeightEMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = WeightEMA(model, 0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for avg, old, new in zip(ema.module.parameters(), before, model.parameters()):
+        torch.testing.assert_close(avg, 0.9 * old + 0.1 * new)
+        assert not avg.requires_grad
+    state = ema.state_dict()
+    ema2 = WeightEMA(torch.nn.Linear(3, 2), 0.9)
+    ema2.load_state_dict(state)
+    for a, b in zip(ema.module.parameters(), ema2.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_node_charge_follows_the_variant():
