@@ -406,17 +406,22 @@ def test_weight_ema_update():
 
     model = torch.nn.Linear(3, 2)
     ema = WeightEMA(model, 0.9)
-    before = [p.detach().clone() for p in model.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    ema.update(model)
-    for avg, old, new in zip(ema.module.parameters(), before, model.parameters()):
-        torch.testing.assert_close(avg, 0.9 * old + 0.1 * new)
-        assert not avg.requires_grad
-    state = ema.state_dict()
+    avg_ref = [p.detach().clone() for p in model.parameters()]
+    for t in range(120):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        d = min(0.9, (1 + t) / (10 + t))  # warm-up: 0.1, 0.18, ..., then 0.9
+        avg_ref = [d * a + (1 - d) * p.detach() for a, p in zip(avg_ref, model.parameters())]
+        if t in (0, 5, 119):
+            for avg, ref in zip(ema.module.parameters(), avg_ref):
+                torch.testing.assert_close(avg, ref)
+                assert not avg.requires_grad
+    assert ema.current_decay() == 0.9
     ema2 = WeightEMA(torch.nn.Linear(3, 2), 0.9)
-    ema2.load_state_dict(state)
+    ema2.load_state_dict(ema.state_dict())
+    assert ema2.num_updates == 120
     for a, b in zip(ema.module.parameters(), ema2.module.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
