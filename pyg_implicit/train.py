@@ -75,7 +75,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="training budget in minutes (0: none). The learning-rate schedule "
                         "anneals over the epochs or this budget, whichever ends first; no "
                         "epoch starts after it, then the best model is tested")
-    p.add_argument("--batch-size", type=int, default=25, help="graphs per batch (per process)")
+    p.add_argument("--batch-size", type=int, default=10, help="graphs per batch (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-8)
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw"),
@@ -113,7 +113,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="add q_i q_j / r and q_i q_j / r^2 to the kernels' edge attributes")
     p.add_argument("--node-force", action="store_true",
                    help="give the Coulomb force on each particle to the first layer")
-    p.add_argument("--ema", type=float, default=0.0,
+    p.add_argument("--ema", type=float, default=0.999,
                    help="decay of an exponential moving average of the weights, updated "
                         "each step, which is validated, checkpointed and tested "
                         "(0: off)")
