@@ -194,7 +194,8 @@ class NBodyModel(torch.nn.Module):
             boosts ``v -> v + u``, which move the targets by ``T u`` exactly.
         coulomb_attr: two more scalar edge attributes, ``q_i q_j / r`` and
             ``0.1 q_i q_j / r^2`` (``r`` clamped at 0.1, the simulator's force-clipping
-            scale; zero on self loops), recomputed at the updated positions.
+            scale; zero on self loops), recomputed at the updated positions. Off by
+            default: on ``charged`` it made no measurable difference over 19 epochs.
         node_force: give the Coulomb force on each node (times 0.1, see
             :func:`coulomb_force`) to the first layer as a vector feature, with its norm.
         conv_kwargs: further keyword arguments of the convolution (e.g. ``backend``).
