@@ -96,9 +96,15 @@ def fourier_masters(modules) -> List[Tuple[torch.nn.Module, str, np.ndarray]]:
 
 
 def dense_gather_index(lin: enn.Linear) -> torch.Tensor:
-    """Index that places escnn's expanded basis blocks into the dense matrix.
+    """See :func:`dense_gather`: the index alone."""
+    return dense_gather(lin)[0]
 
-    ``W.view(-1) == cat([block.reshape(-1) for each io pair] + [0])[index]``.
+
+def dense_gather(lin: enn.Linear) -> Tuple[torch.Tensor, int]:
+    """``(index, pad)``: index that places escnn's expanded basis blocks into the dense matrix.
+
+    ``W.view(-1) == cat([block.reshape(-1) for each io pair] + [0])[index]``; ``pad``
+    is the position of the appended zero (the number of block entries).
     escnn's own ``expand_parameters`` slices with 0-d index tensors (``.item()``),
     which breaks ``torch.compile`` graphs; one gather does the same, traceably.
     """
@@ -119,14 +125,83 @@ def dense_gather_index(lin: enn.Linear) -> torch.Tensor:
         gather[dest] = offset + torch.arange(dest.numel())
         offset += dest.numel()
     gather[gather < 0] = offset  # entries no basis element reaches: a zero
-    return gather
+    return gather, offset
 
 
-def expand_linear(lin: enn.Linear, gather: torch.Tensor):
-    """``(W, b)`` of an escnn ``Linear``, equal to ``lin.expand_parameters()``."""
+class InjectiveGather(torch.autograd.Function):
+    """``src[index]`` for an index that uses each source entry at most once, apart
+    from one padding entry (a constant zero, which gets no gradient).
+
+    Autograd's generic backward of a gather is an accumulating scatter
+    (``index_put_``, slow on CPU for the ~10^5-10^6 entries of a kernel's last
+    layer); for an injective gather it is another gather, through ``inverse``."""
+
+    @staticmethod
+    def forward(src: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor):
+        return src.index_select(0, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        padded = torch.cat([grad.reshape(-1), grad.new_zeros(1)])
+        return padded.index_select(0, inverse), None, None
+
+
+def injective_gather_inverse(index: torch.Tensor, num_src: int, pad: int) -> torch.Tensor:
+    """The ``inverse`` of :class:`InjectiveGather` for ``index`` into ``num_src``
+    entries, where ``pad`` is the padding entry (gets no gradient); checks that the
+    gather is injective."""
+    real = index[index != pad]
+    if torch.unique(real).numel() != real.numel():
+        raise AssertionError("gather index is not injective")
+    inverse = torch.full((num_src,), index.numel(), dtype=torch.long)
+    positions = torch.arange(index.numel())[index != pad]
+    inverse[real] = positions
+    return inverse
+
+
+def sparse_bias_index(lin: enn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)`` of the nonzeros of ``lin.bias_expansion`` [out, n] (exact
+    zeros after :class:`ExactLinearBases`): the expansion is mostly zeros (a bias
+    only reaches the trivial components), so it is applied as a sparse sum."""
+    if getattr(lin, "bias_expansion", None) is None:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    nz = (lin.bias_expansion.detach().cpu().double().abs() > 1e-12).nonzero()
+    return nz[:, 0].contiguous(), nz[:, 1].contiguous()
+
+
+def expand_bias(lin: enn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``lin.bias_expansion @ lin.bias`` over the nonzeros ``(rows, cols)`` (zeros
+    for a linear without bias)."""
+    if lin.bias is None:
+        return lin.weights.new_zeros(lin.basisexpansion._output_size)
+    vals = lin.bias_expansion[rows, cols] * lin.bias[cols]
+    return vals.new_zeros(lin.bias_expansion.shape[0]).index_add(0, rows, vals)
+
+
+def linear_blocks(lin: enn.Linear) -> torch.Tensor:
+    """escnn's expanded basis blocks of ``lin``, flattened, with a zero appended
+    (the padding entry of :func:`dense_gather_index`)."""
     be = lin.basisexpansion
     blocks = [be._expand_block(lin.weights, io).reshape(-1) for io in be._representations_pairs]
-    flat = torch.cat(blocks + [lin.weights.new_zeros(1)])
-    W = flat[gather].view(be._output_size, be._input_size)
-    b = lin.bias_expansion @ lin.bias if lin.bias is not None else None
+    return torch.cat(blocks + [lin.weights.new_zeros(1)])
+
+
+def expand_linear(lin: enn.Linear, gather: torch.Tensor, inverse: torch.Tensor = None,
+                  bias_index: Tuple[torch.Tensor, torch.Tensor] = None):
+    """``(W, b)`` of an escnn ``Linear``, equal to ``lin.expand_parameters()``
+    (``inverse``: from :func:`injective_gather_inverse`, for the fast backward;
+    ``bias_index``: from :func:`sparse_bias_index`)."""
+    be = lin.basisexpansion
+    flat = linear_blocks(lin)
+    W = (flat.index_select(0, gather) if inverse is None else InjectiveGather.apply(flat, gather, inverse))
+    W = W.view(be._output_size, be._input_size)
+    if lin.bias is None:
+        return W, None
+    b = lin.bias_expansion @ lin.bias if bias_index is None else expand_bias(lin, *bias_index)
     return W, b

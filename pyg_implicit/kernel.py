@@ -24,7 +24,9 @@ from escnn import gspaces
 from escnn import nn as enn
 from escnn.group import Representation
 
-from ._exact import ExactLinearBases, dense_gather_index, expand_linear, fourier_masters
+from ._exact import (ExactLinearBases, InjectiveGather, dense_gather, dense_gather_index,
+                     expand_bias, expand_linear, fourier_masters, injective_gather_inverse,
+                     linear_blocks, sparse_bias_index)
 from .nonlinearities import build_hidden_block
 from .plan import KernelPlan, edge_kernels, envelope
 
@@ -93,6 +95,7 @@ class ImplicitKernel(torch.nn.Module):
                         learn_width, num_neighbors)
         self._exact_linear = ExactLinearBases([*self.linears, self.last])
         self._exact_fourier = fourier_masters(self.nonlinearities)
+        self._build_plan_indices()
         self.to(dtype)
         self.reset_parameters()
 
@@ -180,6 +183,34 @@ class ImplicitKernel(torch.nn.Module):
             o0 += ro.size
         return index
 
+    def _build_plan_indices(self) -> None:
+        """Index buffers of :meth:`plan`: per linear, the inverse of its dense gather
+        and the nonzeros of its bias expansion; for the last linear, one gather from
+        ``[blocks, 0, bias]`` straight to the plan's ``Wt [C_out, (H + 1) C_in]``
+        layout (so ``plan`` does one gather and no transposing copy)."""
+        linears = [*self.linears, self.last]
+        for k, lin in enumerate(linears):
+            gather, pad = dense_gather(lin)
+            self.register_buffer(f"_gather_inv_{k}",
+                                 injective_gather_inverse(gather, pad + 1, pad),
+                                 persistent=False)
+            rows, cols = sparse_bias_index(lin)
+            self.register_buffer(f"_bias_rows_{k}", rows, persistent=False)
+            self.register_buffer(f"_bias_cols_{k}", cols, persistent=False)
+        C_out, C_in = self.out_type.size, self.in_type.size
+        H = self.last.basisexpansion._input_size
+        gather, pad = dense_gather(self.last)
+        n_blocks = pad + 1  # blocks and their padding zero
+        r = self._vec_index.view(C_out, 1, C_in)  # MLP output row of K[o, c]
+        h = torch.arange(H).view(1, H, 1)
+        weight_part = gather.view(-1, H)[r, h]  # [C_out, H, C_in]
+        bias_part = n_blocks + r  # [C_out, 1, C_in]
+        index = torch.cat([weight_part, bias_part], dim=1).reshape(-1)
+        self.register_buffer("_wt_index", index, persistent=False)
+        self.register_buffer("_wt_inverse",
+                             injective_gather_inverse(index, n_blocks + C_out * C_in,
+                                                      n_blocks - 1), persistent=False)
+
     @property
     def exact_elements(self):
         """Group elements to which the kernel is exactly equivariant (None: all of G)."""
@@ -231,7 +262,8 @@ class ImplicitKernel(torch.nn.Module):
         """Lower the MLP to a :class:`~pyg_implicit.plan.KernelPlan` (differentiable)."""
         weights, biases, samplers, projectors, codes = [], [], [], [], []
         for k, (lin, block) in enumerate(zip(self.linears, self._blocks)):
-            W, b = expand_linear(lin, getattr(self, f"_gather_{k}"))
+            W, b = expand_linear(lin, getattr(self, f"_gather_{k}"),
+                                 getattr(self, f"_gather_inv_{k}"), self._bias_index(k))
             weights.append(W)
             biases.append(b)
             Q, P = block.sampler_projector()
@@ -239,12 +271,17 @@ class ImplicitKernel(torch.nn.Module):
             samplers.append(Q if Q is not None else empty)
             projectors.append(P if P is not None else empty)
             codes.append(block.code)
-        W_last, b_last = expand_linear(self.last, getattr(self, f"_gather_{len(self.linears)}"))
+        last = len(self.linears)
+        source = torch.cat([linear_blocks(self.last),
+                            expand_bias(self.last, *self._bias_index(last))])
         C_out, C_in = self.out_type.size, self.in_type.size
-        Wb = torch.cat([W_last, b_last[:, None]], dim=1)[self._vec_index]  # [C_out*C_in, H+1]
-        Wt = (Wb.view(C_out, C_in, -1).transpose(1, 2) * self.scale).reshape(C_out, -1)
+        Wt = InjectiveGather.apply(source, self._wt_index, self._wt_inverse)
+        Wt = Wt.view(C_out, -1) * self.scale
         return KernelPlan(weights, biases, samplers, projectors, codes, self.width,
                           Wt.contiguous(), self.pos_dim, self.attr_dim, C_in, C_out)
+
+    def _bias_index(self, k: int):
+        return getattr(self, f"_bias_rows_{k}"), getattr(self, f"_bias_cols_{k}")
 
     def extra_repr(self) -> str:
         kinds = ",".join(sorted({b.kind for b in self._blocks}))

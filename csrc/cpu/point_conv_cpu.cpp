@@ -6,7 +6,8 @@
 // edges in tiles of kTile edges (a tile may span several rows): it evaluates
 // the plan MLP of the tile with BLAS GEMMs on small per-thread buffers,
 // forms g_e = [s_e u_e, s_e] and accumulates A_i += g_e (x) f_j for each
-// row segment of the tile into a window of kRows rows; a full window is
+// row segment of the tile into a window of kRows rows (32; env
+// PYG_IMPLICIT_CPU_ROWS); a full window is
 // flushed with one GEMM out[rows] = A[rows] Wt^T.
 //
 // Backward: the same walk recomputes the MLP of each tile (keeping the
@@ -228,7 +229,12 @@ int64_t tile_edges() {
   return t;
 }
 
-constexpr int64_t kRows = 16;        // rows per A / dA window
+// rows per A / dA window: larger windows mean fewer passes over Wt (forward)
+// and over the dWt partial (backward), at kRows x (H + 1) C_in per buffer
+int64_t rows_per_window() {
+  static const int64_t r = env_int("PYG_IMPLICIT_CPU_ROWS", 32, 1, 4096);
+  return r;
+}
 constexpr int64_t kMaxChunks = 32;   // fixed chunks of rows (partials)
 constexpr int64_t kMinChunkEdges = 1024;
 
@@ -376,6 +382,7 @@ void forward_impl(const ConvDims& d, const Plan<T>& plan, const int64_t* rowptr,
   const int64_t tile = tile_edges();
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     Tile<T> tl(d, tile);
+    const int64_t kRows = rows_per_window();
     std::vector<T> Aw(kRows * K);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = chunks[c], r1 = chunks[c + 1];
@@ -523,6 +530,7 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     Tile<T> tl(d, tile);
     BackBuffers<T> bb(d, tile);
+    const int64_t kRows = rows_per_window();
     std::vector<T> Aw(need.Wt ? kRows * K : 0), dAw(kRows * K);
     for (int64_t c = c0; c < c1; ++c) {
       T* part = partials + c * lay.total;
