@@ -113,6 +113,8 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="add q_i q_j / r and q_i q_j / r^2 to the kernels' edge attributes")
     p.add_argument("--node-force", action="store_true",
                    help="give the Coulomb force on each particle to the first layer")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="field dropout on each layer's update (NBodyModel(dropout=...))")
     p.add_argument("--ema", type=float, default=0.999,
                    help="decay of an exponential moving average of the weights, updated "
                         "each step, which is validated, checkpointed and tested "
@@ -157,7 +159,7 @@ def _model_config(args, variant: str) -> Dict:
                 node_charge=_node_charge(args.node_charge, variant), messages=args.messages,
                 relative_velocity=not args.no_relative_velocity,
                 coulomb_attr=args.coulomb_attr, node_force=args.node_force,
-                conv_kwargs=_conv_kwargs(args))
+                dropout=args.dropout, conv_kwargs=_conv_kwargs(args))
 
 
 def _conv_kwargs(args) -> Dict:
@@ -177,7 +179,7 @@ def build_nbody_model(config: Dict):
 
 
 _LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
-                            coulomb_attr=False, node_force=False)
+                            coulomb_attr=False, node_force=False, dropout=0.0)
 
 
 def load_nbody_checkpoint(path: str, map_location="cpu"):

@@ -323,6 +323,35 @@ def test_model_galilean_boost(relative_velocity):
     assert (err < 1e-12) if relative_velocity else (err > 1e-3), err
 
 
+@pytest.mark.parametrize("group", ["o3", "so2z"])
+def test_model_field_dropout(group):
+    """Field dropout: the identity in eval(); in training random, zeroing whole fields,
+    and equivariant for each mask (same random stream for the transformed input)."""
+    pos, vel, q, ei = _inputs()
+    model = _small_model(group, dropout=0.4, messages="nonlinear")
+    plain = _small_model(group, dropout=0.0, messages="nonlinear")
+    with torch.no_grad():
+        torch.testing.assert_close(model(pos, vel, q, ei), plain(pos, vel, q, ei),
+                                   rtol=0, atol=0)
+        model.train()
+        torch.manual_seed(5)
+        out = model(pos, vel, q, ei)
+        assert float((out - model(pos, vel, q, ei)).norm() / out.norm()) > 1e-6
+        dh = torch.ones(40, model.hidden_type.size, dtype=torch.float64)
+        dropped = model._field_dropout(dh)
+        vectors = dropped[:, 3:9].reshape(40, 2, 3)  # whole vectors kept or dropped
+        assert torch.all((vectors == 0).all(-1) | (vectors == 1 / 0.6).all(-1))
+        assert 0.2 < float((dropped == 0).double().mean()) < 0.6
+        for M in _exact_matrices(model)[:3]:
+            torch.manual_seed(7)
+            out = model(pos, vel, q, ei)
+            torch.manual_seed(7)
+            out_g = model(pos @ M.T, vel @ M.T, q, ei)
+            assert float((out_g - out @ M.T).norm() / out.norm()) < 1e-9
+    with pytest.raises(ValueError, match="dropout"):
+        _small_model(group, dropout=1.0)
+
+
 def test_model_rejects_unknown_messages():
     from pyg_implicit.models.nbody import NBodyModel
 
