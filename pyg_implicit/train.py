@@ -371,7 +371,8 @@ def train_nbody(args) -> Dict:
     start_epoch, best_val, history, train_time = 0, float("inf"), [], 0.0
     if not args.no_resume and os.path.exists(last_path):
         ck = torch.load(last_path, map_location=device, weights_only=False)
-        if ck.get("model_config") != config:
+        # a checkpoint without a later-added option was trained with its legacy value
+        if {**_LEGACY_MODEL_CONFIG, **ck.get("model_config", {})} != config:
             raise SystemExit(f"checkpoint {last_path} was trained with a different model "
                              f"configuration; pass --no-resume or another --run-name")
         model.load_state_dict(ck["raw_model"] if "raw_model" in ck else ck["model"])

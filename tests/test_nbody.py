@@ -404,7 +404,7 @@ def tiny_run(tmp_path_factory):
                        "--results", str(tmp / "straight.json")])
     straight = json.load(open(tmp / "straight.json"))
     return dict(tmp=tmp, data=data, out1=out1, out2=out2, res1=res1, res2=res2,
-                straight=straight)
+                straight=straight, train_args=train_args)
 
 
 def test_cli_smoke_and_resume(tiny_run):
@@ -428,6 +428,28 @@ def test_cli_smoke_and_resume(tiny_run):
     assert r2["test_mse"] == straight["test_mse"]
     # the averaged weights are what is validated (decay 0.5: they differ from the raw ones)
     assert all(h["val_mse"] != h["val_mse_raw"] for h in r2["history"])
+
+
+def test_resume_from_a_checkpoint_without_a_later_option(tiny_run, tmp_path):
+    """A last checkpoint written before an option existed (no ``dropout`` key) resumes
+    under the option's legacy value; another configuration is refused."""
+    import shutil
+
+    ck_dir = tmp_path / "ck"
+    shutil.copytree(tiny_run["tmp"] / "ck", ck_dir)
+    last = [f for f in os.listdir(ck_dir) if f.endswith("_last.pt")][0]
+    ck = torch.load(ck_dir / last, weights_only=False)
+    del ck["model_config"]["dropout"]
+    torch.save(ck, ck_dir / last)
+    args = ["pyg_implicit.train", "nbody", *tiny_run["train_args"][4:],
+            "--data", str(tiny_run["data"]), "--checkpoint-dir", str(ck_dir),
+            "--results", str(tmp_path / "res.json"), "--epochs", "3"]
+    assert "resumed" in _run(args)
+    assert json.load(open(tmp_path / "res.json"))["epochs_completed"] == 3
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", *args[:-1], "4", "--dropout", "0.2"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "different model configuration" in r.stderr + r.stdout
 
 
 def test_weight_ema_update():
