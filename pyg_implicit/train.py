@@ -111,6 +111,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                         "centre-of-mass velocity: a Galilean-boost covariant model)")
     p.add_argument("--coulomb-attr", action="store_true",
                    help="add q_i q_j / r and q_i q_j / r^2 to the kernels' edge attributes")
+    p.add_argument("--encounter-attr", action="store_true",
+                   help="add each pair's straight-line closest-approach distance and time "
+                        "within the horizon to the kernels' edge attributes")
     p.add_argument("--node-force", action="store_true",
                    help="give the Coulomb force on each particle to the first layer")
     p.add_argument("--dropout", type=float, default=0.0,
@@ -150,7 +153,7 @@ def _node_charge(choice: str, variant: str) -> bool:
     return choice == "on" or (choice == "auto" and variant != "charged")
 
 
-def _model_config(args, variant: str) -> Dict:
+def _model_config(args, variant: str, horizon: float = 1.0) -> Dict:
     return dict(group=args.group, num_layers=args.num_layers, scalars=args.scalars,
                 vectors=args.vectors, tensors=args.tensors,
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
@@ -159,7 +162,8 @@ def _model_config(args, variant: str) -> Dict:
                 node_charge=_node_charge(args.node_charge, variant), messages=args.messages,
                 relative_velocity=not args.no_relative_velocity,
                 coulomb_attr=args.coulomb_attr, node_force=args.node_force,
-                dropout=args.dropout, conv_kwargs=_conv_kwargs(args))
+                dropout=args.dropout, encounter_attr=args.encounter_attr,
+                horizon=horizon, conv_kwargs=_conv_kwargs(args))
 
 
 def _conv_kwargs(args) -> Dict:
@@ -179,7 +183,8 @@ def build_nbody_model(config: Dict):
 
 
 _LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
-                            coulomb_attr=False, node_force=False, dropout=0.0)
+                            coulomb_attr=False, node_force=False, dropout=0.0,
+                            encounter_attr=False, horizon=1.0)
 
 
 def load_nbody_checkpoint(path: str, map_location="cpu"):
@@ -323,8 +328,9 @@ def train_nbody(args) -> Dict:
     train = load_split(args.data, "train", args.frame_0, args.frame_T, args.max_train)
     val = load_split(args.data, "val", args.frame_0, args.frame_T, args.max_eval)
     test = load_split(args.data, "test", args.frame_0, args.frame_T, args.max_eval)
-    variant = train.pop("variant")
-    val.pop("variant"), test.pop("variant")
+    variant, horizon = train.pop("variant"), train.pop("horizon")
+    for split in (val, test):
+        split.pop("variant"), split.pop("horizon")
     train_b, val_b, test_b = _Batches(train), _Batches(val), _Batches(test)
 
     run_name = args.run_name or f"nbody_{variant.replace('-', '_')}_{args.group}"
@@ -334,7 +340,7 @@ def train_nbody(args) -> Dict:
     results_path = args.results or os.path.join(REPO_ROOT, "benchmarks", "results",
                                                  f"{run_name}.json")
 
-    config = _model_config(args, variant)
+    config = _model_config(args, variant, horizon)
     model = build_nbody_model(config).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[args.optimizer]

@@ -235,7 +235,7 @@ _BREAKERS = {
 }
 
 
-_PHYSICS_FEATURES = dict(coulomb_attr=True, node_force=True)
+_PHYSICS_FEATURES = dict(coulomb_attr=True, node_force=True, encounter_attr=True)
 
 
 @pytest.mark.parametrize("pos_updates,messages,extra", [
@@ -308,13 +308,42 @@ def test_coulomb_edge_attributes():
     assert a[(src == 0) & (dst == 2), 2].item() == pytest.approx(10.0)  # clamped
 
 
+def test_encounter_edge_attributes():
+    """Closest approach under straight-line motion, clamped to [0, horizon]."""
+    from pyg_implicit.models.nbody import fully_connected_edges
+
+    model = _small_model("so2z", encounter_attr=True, horizon=2.0, velocity_attr=False)
+    pos = torch.tensor([[0.0, 0, 0], [4.0, 1.0, 0], [0, 0, 3.0]], dtype=torch.float64)
+    vel = torch.tensor([[0.0, 0, 0], [-1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64)
+    q = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    ei = fully_connected_edges(1, 3)
+    a = model.edge_attributes(pos, vel, q, ei)
+    assert a.shape == (9, 4)
+    src, dst = ei
+
+    def pair(j, i):
+        return a[(src == j) & (dst == i)][0, 2:].tolist()
+
+    # 1 moves towards 0 along x (impact parameter 1): closest at t = 4, clamped to 2
+    assert pair(1, 0) == pytest.approx([(2.0 ** 2 + 1.0) ** 0.5, 1.0])
+    assert pair(0, 1) == pytest.approx([(2.0 ** 2 + 1.0) ** 0.5, 1.0])  # symmetric
+    # 2 moves away from 0: closest now
+    assert pair(2, 0) == pytest.approx([3.0, 0.0])
+    # 1 and 2: x = p_1 - p_2 = (4, 1, -3), w = (-1, 0, -1): t = 0.5, x + t w = (3.5, 1, -3.5)
+    assert pair(1, 2) == pytest.approx([25.5 ** 0.5, 0.25])
+    assert pair(0, 0) == pytest.approx([0.0, 0.0])  # self loops: no motion
+    with pytest.raises(ValueError, match="horizon"):
+        _small_model("so2z", encounter_attr=True, horizon=0.0)
+
+
 @pytest.mark.parametrize("relative_velocity", [False, True])
 def test_model_galilean_boost(relative_velocity):
     """A boost v -> v + u moves the true targets by T u (T = 1000 dt = 1); with relative
     velocities the model's output moves by mean_vel_coef * u exactly, without it not."""
     pos, vel, q, ei = _inputs()
     u = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
-    model = _small_model("o2z", relative_velocity=relative_velocity, messages="nonlinear")
+    model = _small_model("o2z", relative_velocity=relative_velocity, messages="nonlinear",
+                         encounter_attr=True)
     with torch.no_grad():
         if relative_velocity:
             model.mean_vel_coef.fill_(0.7)

@@ -291,7 +291,8 @@ def _fully_connected(n: int):
 
 def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
                max_samples: Optional[int] = None) -> Dict[str, "torch.Tensor"]:  # noqa: F821
-    """Load one split as dense tensors: ``pos, vel, target`` [S, n, 3], ``charges`` [S, n]."""
+    """Load one split as dense tensors: ``pos, vel, target`` [S, n, 3], ``charges`` [S, n];
+    also ``variant`` and ``horizon`` (the time from frame 0 to frame T)."""
     import torch
 
     if split not in SPLITS:
@@ -303,6 +304,7 @@ def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
     with np.load(path) as z:
         loc, vel, charges = z["loc"], z["vel"], z["charges"]
         variant = str(z["variant"])
+        frame_time = float(z["dt"]) * int(z["sample_freq"])
     nf = loc.shape[1]
     if not (0 <= frame_0 < nf and 0 <= frame_T < nf):
         raise ValueError(f"frames must lie in [0, {nf}), got frame_0={frame_0}, frame_T={frame_T}")
@@ -314,6 +316,7 @@ def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
         "target": torch.from_numpy(np.ascontiguousarray(loc[:, frame_T])),
         "charges": torch.from_numpy(np.ascontiguousarray(charges)),
         "variant": variant,
+        "horizon": frame_time * (frame_T - frame_0),
     }
 
 
@@ -351,6 +354,7 @@ if InMemoryDataset is not None:
             self.split = split
             self.tensors = load_split(root, split, frame_0, frame_T, max_samples)
             self.variant = self.tensors.pop("variant")
+            self.horizon = self.tensors.pop("horizon")
             super().__init__(None, transform)
             self._nbody_root = root
             t = self.tensors
