@@ -187,14 +187,38 @@ _LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_veloci
                             encounter_attr=False, horizon=1.0)
 
 
+def load_model_state(model: torch.nn.Module, state: Dict) -> None:
+    """``model.load_state_dict(state)`` for a state saved in either mode: escnn's
+    ``Linear`` keeps its expanded weights as buffers only in eval mode, so a state saved
+    in training mode lacks keys that an eval-mode model has, and vice versa."""
+    was_training = model.training
+    model.train()
+    if set(state) != set(model.state_dict()):
+        model.eval()
+    model.load_state_dict(state)
+    model.train(was_training)  # eval() rebuilds the caches from the loaded weights
+
+
 def load_nbody_checkpoint(path: str, map_location="cpu"):
     """Rebuild an :class:`NBodyModel` from a checkpoint written by this script."""
     ck = torch.load(path, map_location=map_location, weights_only=False)
     # checkpoints from before these options existed were trained without them
     config = {**_LEGACY_MODEL_CONFIG, **ck["model_config"]}
     model = build_nbody_model(config)
-    model.load_state_dict(ck["model"])
+    load_model_state(model, ck["model"])
     return model, ck
+
+
+# options a resumed run must share with the run it continues (--epochs and --time-limit
+# may grow: the schedule is stretched)
+_RESUME_ARGS = ("batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs", "ema",
+                "max_train", "frame_0", "frame_T", "seed")
+
+
+def _changed_training_args(saved: Dict, args) -> list:
+    """``--option saved_value`` for each option in ``_RESUME_ARGS`` that differs."""
+    return [f"--{k.replace('_', '-')} {saved[k]} (now {getattr(args, k)})"
+            for k in _RESUME_ARGS if k in saved and saved[k] != getattr(args, k)]
 
 
 class WeightEMA:
@@ -231,7 +255,7 @@ class WeightEMA:
                 "model": self.module.state_dict()}
 
     def load_state_dict(self, state: Dict) -> None:
-        self.module.load_state_dict(state["model"])
+        load_model_state(self.module, state["model"])
         self.num_updates = state["num_updates"]
 
 
@@ -381,7 +405,11 @@ def train_nbody(args) -> Dict:
         if {**_LEGACY_MODEL_CONFIG, **ck.get("model_config", {})} != config:
             raise SystemExit(f"checkpoint {last_path} was trained with a different model "
                              f"configuration; pass --no-resume or another --run-name")
-        model.load_state_dict(ck["raw_model"] if "raw_model" in ck else ck["model"])
+        changed = _changed_training_args(ck.get("args", {}), args)
+        if changed:
+            raise SystemExit(f"checkpoint {last_path} was trained with {', '.join(changed)}; "
+                             f"pass --no-resume or another --run-name")
+        load_model_state(model, ck["raw_model"] if "raw_model" in ck else ck["model"])
         if ema is not None:
             ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])

@@ -481,6 +481,45 @@ def test_resume_from_a_checkpoint_without_a_later_option(tiny_run, tmp_path):
     assert r.returncode != 0 and "different model configuration" in r.stderr + r.stdout
 
 
+def test_resume_checks_the_training_options(tiny_run, tmp_path):
+    """A run with weight averaging but without --validate-raw checkpoints its raw weights
+    in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
+    args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
+    args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json")]
+    _run(args + ["--epochs", "1"])
+    assert "resumed" in _run(args + ["--epochs", "2"])
+    assert json.load(open(tmp_path / "r.json"))["epochs_completed"] == 2
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", *args, "--epochs", "3", "--batch-size", "3"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--batch-size 4 (now 3)" in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("saved_in_eval", [False, True])
+@pytest.mark.parametrize("load_in_eval", [False, True])
+def test_load_model_state_from_either_mode(saved_in_eval, load_in_eval):
+    """escnn's Linear has cache buffers only in eval mode; states from either mode load
+    into a model in either mode, which keeps its mode."""
+    from pyg_implicit.train import load_model_state
+
+    model = _small_model("so2z")
+    model.train(not saved_in_eval)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = _small_model("so2z")
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(0.1)
+    fresh.train(not load_in_eval)
+    # what load_state_dict alone trips over
+    assert (set(state) != set(fresh.state_dict())) == (saved_in_eval != load_in_eval)
+    load_model_state(fresh, state)
+    assert fresh.training == (not load_in_eval)
+    fresh.eval(), model.eval()
+    args = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(*args), model(*args), rtol=0, atol=0)
+
+
 def test_weight_ema_update():
     from pyg_implicit.train import WeightEMA
 
