@@ -114,6 +114,13 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--encounter-attr", action="store_true",
                    help="add each pair's straight-line closest-approach distance and time "
                         "within the horizon to the kernels' edge attributes")
+    p.add_argument("--pair-velocity-attr", action="store_true",
+                   help="give the kernels the pair's relative velocity v_j - v_i instead of "
+                        "v_j and v_i")
+    p.add_argument("--input-noise", type=float, default=0.0,
+                   help="in training, add Gaussian noise of this std to the input positions "
+                        "and velocities and move the targets as free flight would "
+                        "(dp + horizon * dv)")
     p.add_argument("--node-force", action="store_true",
                    help="give the Coulomb force on each particle to the first layer")
     p.add_argument("--dropout", type=float, default=0.0,
@@ -163,6 +170,7 @@ def _model_config(args, variant: str, horizon: float = 1.0) -> Dict:
                 relative_velocity=not args.no_relative_velocity,
                 coulomb_attr=args.coulomb_attr, node_force=args.node_force,
                 dropout=args.dropout, encounter_attr=args.encounter_attr,
+                pair_velocity_attr=args.pair_velocity_attr,
                 horizon=horizon, conv_kwargs=_conv_kwargs(args))
 
 
@@ -184,7 +192,7 @@ def build_nbody_model(config: Dict):
 
 _LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
                             coulomb_attr=False, node_force=False, dropout=0.0,
-                            encounter_attr=False, horizon=1.0)
+                            encounter_attr=False, horizon=1.0, pair_velocity_attr=False)
 
 
 def load_model_state(model: torch.nn.Module, state: Dict) -> None:
@@ -212,7 +220,17 @@ def load_nbody_checkpoint(path: str, map_location="cpu"):
 # options a resumed run must share with the run it continues (--epochs and --time-limit
 # may grow: the schedule is stretched)
 _RESUME_ARGS = ("batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs", "ema",
-                "max_train", "frame_0", "frame_T", "seed")
+                "max_train", "frame_0", "frame_T", "seed", "input_noise")
+
+
+def perturb_inputs(batch: Dict, sigma: float, horizon: float) -> Dict:
+    """Gaussian noise ``dp``, ``dv`` (std ``sigma``) on the input positions and velocities,
+    with the targets moved by ``dp + horizon * dv``: exact for free flight, so the noise
+    only blurs the interaction part of the map the model learns (a regulariser)."""
+    dp = sigma * torch.randn_like(batch["pos"])
+    dv = sigma * torch.randn_like(batch["vel"])
+    return {**batch, "pos": batch["pos"] + dp, "vel": batch["vel"] + dv,
+            "target": batch["target"] + dp + horizon * dv}
 
 
 def _changed_training_args(saved: Dict, args) -> list:
@@ -458,6 +476,8 @@ def train_nbody(args) -> Dict:
                    disable=(not main) or args.no_progress, file=sys.stderr)
         for idx in bar:
             b = train_b.get(idx, device, torch.float32)
+            if args.input_noise:
+                b = perturb_inputs(b, args.input_noise, horizon)
             pred = ddp_model(b["pos"], b["vel"], b["charges"], b["edge_index"])
             loss = torch.nn.functional.mse_loss(pred, b["target"])
             opt.zero_grad(set_to_none=True)
@@ -532,6 +552,7 @@ def train_nbody(args) -> Dict:
             "model_config": config, "train_samples": len(train_b), "val_samples": len(val_b),
             "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
             "optimizer": args.optimizer, "weight_decay": args.weight_decay, "ema": args.ema,
+            "input_noise": args.input_noise,
             "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_commit": commit, "history": history,

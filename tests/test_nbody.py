@@ -240,7 +240,8 @@ _PHYSICS_FEATURES = dict(coulomb_attr=True, node_force=True, encounter_attr=True
 
 @pytest.mark.parametrize("pos_updates,messages,extra", [
     (False, "linear", {}), (True, "linear", {}), (True, "nonlinear", {}),
-    (True, "nonlinear", _PHYSICS_FEATURES)], ids=["static", "linear", "nonlinear", "coulomb"])
+    (True, "nonlinear", _PHYSICS_FEATURES), (True, "nonlinear", dict(pair_velocity_attr=True))],
+    ids=["static", "linear", "nonlinear", "coulomb", "pair_velocity"])
 @pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z"])
 def test_model_equivariance(group, pos_updates, messages, extra):
     model = _small_model(group, pos_updates=pos_updates, messages=messages, **extra)
@@ -334,6 +335,36 @@ def test_encounter_edge_attributes():
     assert pair(0, 0) == pytest.approx([0.0, 0.0])  # self loops: no motion
     with pytest.raises(ValueError, match="horizon"):
         _small_model("so2z", encounter_attr=True, horizon=0.0)
+
+
+def test_pair_velocity_attribute():
+    """One vector attribute v_src - v_dst instead of two; Galilean-invariant per edge."""
+    from pyg_implicit.models.nbody import fully_connected_edges
+
+    model = _small_model("so2z", pair_velocity_attr=True)
+    pos, vel = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    q = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    ei = fully_connected_edges(1, 3)
+    a = model.edge_attributes(pos, vel, q, ei)
+    assert a.shape == (9, 5) and model.edge_attr_type.size == 5
+    torch.testing.assert_close(a[:, 2:], vel[ei[0]] - vel[ei[1]])
+    u = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(model.edge_attributes(pos, vel + u, q, ei), a)
+
+
+def test_perturb_inputs_is_free_flight():
+    """The noise moves the targets as free flight over the horizon would."""
+    from pyg_implicit.train import perturb_inputs
+
+    g = torch.Generator().manual_seed(0)
+    b = {k: torch.randn(10, 3, generator=g) for k in ("pos", "vel", "target")}
+    b["charges"] = torch.ones(10)
+    torch.manual_seed(1)
+    n = perturb_inputs(b, 0.1, 2.0)
+    dp, dv = n["pos"] - b["pos"], n["vel"] - b["vel"]
+    assert 0.05 < float(dp.std()) < 0.2 and 0.05 < float(dv.std()) < 0.2
+    torch.testing.assert_close(n["target"] - b["target"], dp + 2.0 * dv)
+    assert n["charges"] is b["charges"]
 
 
 @pytest.mark.parametrize("relative_velocity", [False, True])
@@ -485,10 +516,12 @@ def test_resume_checks_the_training_options(tiny_run, tmp_path):
     """A run with weight averaging but without --validate-raw checkpoints its raw weights
     in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
     args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
-    args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json")]
+    args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json"),
+             "--input-noise", "0.01"]
     _run(args + ["--epochs", "1"])
     assert "resumed" in _run(args + ["--epochs", "2"])
-    assert json.load(open(tmp_path / "r.json"))["epochs_completed"] == 2
+    res = json.load(open(tmp_path / "r.json"))
+    assert res["epochs_completed"] == 2 and res["input_noise"] == 0.01
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", *args, "--epochs", "3", "--batch-size", "3"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

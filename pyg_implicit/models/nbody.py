@@ -186,6 +186,9 @@ class NBodyModel(torch.nn.Module):
             :class:`~pyg_implicit.ImplicitPointConv`.
         velocity_attr: also give ``v_src``, ``v_dst`` to the kernels as vector
             edge attributes.
+        pair_velocity_attr: with ``velocity_attr``, give only the pair's relative
+            velocity ``v_src - v_dst`` (one vector attribute instead of two): each
+            kernel is then itself invariant under Galilean boosts.
         width: initial width of the kernels' Gaussian radial envelope.
         num_neighbors: incoming edges per node (with the self loop), for the
             kernels' initial normalisation.
@@ -238,6 +241,7 @@ class NBodyModel(torch.nn.Module):
                  relative_velocity: bool = True, coulomb_attr: bool = False,
                  node_force: bool = False, dropout: float = 0.0,
                  encounter_attr: bool = False, horizon: float = 1.0,
+                 pair_velocity_attr: bool = False,
                  conv_kwargs: Optional[Dict] = None):
         super().__init__()
         from escnn import gspaces
@@ -265,6 +269,7 @@ class NBodyModel(torch.nn.Module):
                            relative_velocity=relative_velocity, coulomb_attr=coulomb_attr,
                            node_force=node_force, dropout=float(dropout),
                            encounter_attr=encounter_attr, horizon=float(horizon),
+                           pair_velocity_attr=pair_velocity_attr,
                            conv_kwargs=dict(conv_kwargs or {}))
         o3 = gspaces.flipRot3dOnR3()
         G = o3.fibergroup
@@ -281,6 +286,7 @@ class NBodyModel(torch.nn.Module):
         self.node_charge, self.messages = node_charge, messages
         self.coulomb_attr, self.node_force = coulomb_attr, node_force
         self.encounter_attr, self.horizon = encounter_attr, float(horizon)
+        self.pair_velocity_attr = pair_velocity_attr
         self.in_type = ftype(*([triv] if node_charge else []), triv, vec,
                              *([triv, vec] if node_force else []))
         self.hidden_type = ftype(*([triv] * scalars + [vec] * vectors + [l2] * tensors))
@@ -289,7 +295,7 @@ class NBodyModel(torch.nn.Module):
         self.out_type = ftype(vec)
         self.velocity_attr = velocity_attr
         self.edge_attr_type = self._attr_type(o3, group, velocity_attr, coulomb_attr,
-                                              encounter_attr)
+                                              encounter_attr, pair_velocity_attr)
         self.gspace = self.in_type.gspace
 
         kw = dict(hidden_channels=hidden_channels, hidden_layers=hidden_layers)
@@ -343,10 +349,11 @@ class NBodyModel(torch.nn.Module):
 
     @staticmethod
     def _attr_type(o3, group: str, velocity_attr: bool, coulomb_attr: bool = False,
-                   encounter_attr: bool = False):
+                   encounter_attr: bool = False, pair_velocity_attr: bool = False):
         G = o3.fibergroup
         reps = [G.irrep(0, 0)] * (2 + 2 * coulomb_attr + 2 * encounter_attr)
-        reps += [G.standard_representation()] * 2 if velocity_attr else []
+        if velocity_attr:
+            reps += [G.standard_representation()] * (1 if pair_velocity_attr else 2)
         return _restrict(o3.type(*reps), group)
 
     # ------------------------------------------------------------------ helpers
@@ -407,7 +414,7 @@ class NBodyModel(torch.nn.Module):
             attrs += list(_encounter_terms(pos[src] - pos[dst], vel[src] - vel[dst],
                                            self.horizon))
         if self.velocity_attr:
-            attrs += [vel[src], vel[dst]]
+            attrs += [vel[src] - vel[dst]] if self.pair_velocity_attr else [vel[src], vel[dst]]
         return torch.cat(attrs, dim=1)
 
     def _edge_graph(self, E: int, device) -> torch.Tensor:
