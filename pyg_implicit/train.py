@@ -9,7 +9,9 @@ N-body (charged particles, see :mod:`pyg_implicit.datasets.nbody`)::
 Per epoch: a progress bar over the training batches, then the validation MSE.
 The best model (lowest validation MSE) and the last training state are saved
 under ``--checkpoint-dir``; re-running the same command resumes from the last
-state (``--no-resume`` starts over). At the end the best model is evaluated on
+state (``--no-resume`` starts over); a run whose model or training options
+(batch size, learning rate, ...) differ from the checkpoint's is refused rather
+than resumed (``--epochs`` and ``--time-limit`` may grow). At the end the best model is evaluated on
 the test split; the test MSE is printed and written with the command, group,
 variant and wall time to ``benchmarks/results/nbody_<variant>_<group>.json``
 (or ``--results``).
