@@ -77,7 +77,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="training budget in minutes (0: none). The learning-rate schedule "
                         "anneals over the epochs or this budget, whichever ends first; no "
                         "epoch starts after it, then the best model is tested")
-    p.add_argument("--batch-size", type=int, default=5, help="graphs per batch (per process)")
+    p.add_argument("--batch-size", type=int, default=10, help="graphs per batch (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-8)
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw"),
