@@ -37,6 +37,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from pyg_implicit.models.nbody import GROUPS
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,7 +73,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("nbody", help="charged N-body position prediction",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="directory with {train,val,test}.npz")
-    p.add_argument("--group", default="o3", choices=("o3", "so3", "so2z", "o2z"))
+    p.add_argument("--group", default="o3", choices=GROUPS)
     p.add_argument("--epochs", type=int, default=120)
     p.add_argument("--time-limit", type=float, default=50.0,
                    help="training budget in minutes (0: none). The learning-rate schedule "

@@ -82,10 +82,10 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-GROUPS = ("o3", "so3", "so2z", "o2z")
+GROUPS = ("o3", "so3", "so2z", "o2z", "octa", "fullocta")
 MESSAGES = ("linear", "nonlinear")
 _GSPACE_FN = {"o3": "flipRot3dOnR3", "so3": "rot3dOnR3", "so2z": "rot2dOnR3",
-              "o2z": "conicalOnR3"}
+              "o2z": "conicalOnR3", "octa": "octaOnR3", "fullocta": "fullOctaOnR3"}
 
 
 def make_gspace(group: str):
