@@ -3,7 +3,7 @@ r"""Training command line for the paper's models.
 N-body (charged particles, see :mod:`pyg_implicit.datasets.nbody`)::
 
     python -m pyg_implicit.datasets.nbody generate --out data/nbody_charged
-    python -m pyg_implicit.train nbody --data data/nbody_charged [--group o3|so3|so2z|o2z] \
+    python -m pyg_implicit.train nbody --data data/nbody_charged [--group o3|so3|so2z|o2z|octa|fullocta] \
         [--epochs N] [--device cpu|cuda] [--seed S]
 
 Per epoch: a progress bar over the training batches, then the validation MSE.
@@ -121,6 +121,11 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pair-velocity-attr", action="store_true",
                    help="give the kernels the pair's relative velocity v_j - v_i instead of "
                         "v_j and v_i")
+    p.add_argument("--axis-attr", action="store_true",
+                   help="add edge attributes that see the coordinate axes (cubic invariants "
+                        "and vectors of the pair's directions): the model becomes "
+                        "equivariant to O_h only, the symmetry of the force-clipping "
+                        "simulator, with the kernels of --group")
     p.add_argument("--input-noise", type=float, default=0.0,
                    help="in training, add Gaussian noise of this std to the input positions "
                         "and velocities and move the targets as free flight would "
@@ -174,7 +179,7 @@ def _model_config(args, variant: str, horizon: float = 1.0) -> Dict:
                 relative_velocity=not args.no_relative_velocity,
                 coulomb_attr=args.coulomb_attr, node_force=args.node_force,
                 dropout=args.dropout, encounter_attr=args.encounter_attr,
-                pair_velocity_attr=args.pair_velocity_attr,
+                pair_velocity_attr=args.pair_velocity_attr, axis_attr=args.axis_attr,
                 horizon=horizon, conv_kwargs=_conv_kwargs(args))
 
 
@@ -196,7 +201,8 @@ def build_nbody_model(config: Dict):
 
 _LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
                             coulomb_attr=False, node_force=False, dropout=0.0,
-                            encounter_attr=False, horizon=1.0, pair_velocity_attr=False)
+                            encounter_attr=False, horizon=1.0, pair_velocity_attr=False,
+                            axis_attr=False)
 
 
 def load_model_state(model: torch.nn.Module, state: Dict) -> None:

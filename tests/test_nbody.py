@@ -139,6 +139,37 @@ def test_field_variant_breaks_symmetry_only_along_z(tmp_path):
     assert np.abs(locg - loc @ Rx.T).max() > 1e-3
 
 
+def _signed_permutations():
+    """The 48 signed permutation matrices: the symmetries of the cube, O_h."""
+    import itertools
+
+    return [np.eye(3)[list(p)] * np.array(s)[:, None] for p in itertools.permutations(range(3))
+            for s in itertools.product([1.0, -1.0], repeat=3)]
+
+
+def test_force_clipping_leaves_only_the_cube_symmetries():
+    """Clipping each Cartesian force component (the published protocol) commutes with
+    permuting and flipping the axes, and with nothing else: with a close encounter the
+    simulator is O_h-, not O(3)-equivariant (why ``--group fullocta`` exists)."""
+    cfg = nb.SimConfig(length=400, sample_freq=100)
+    q = np.array([[1.0, -1.0, 1.0, -1.0, 1.0]])
+    x0 = np.array([[[-0.1, 0.01, 0.02], [0.1, -0.01, 0.0], [1.5, 0.3, -0.4],
+                    [-1.2, 1.1, 0.5], [0.4, -1.3, 1.0]]])
+    v0 = np.array([[[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0], [0.0, 0.3, 0.1],
+                    [0.1, -0.2, 0.3], [-0.3, 0.0, 0.2]]])
+    loc, _, clip_steps = nb.simulate(cfg, q, x0, v0)
+    assert clip_steps[0] > 0  # the encounter does get clipped
+    perms = _signed_permutations()
+    assert len({P.tobytes() for P in perms}) == 48
+    for P in perms:
+        locg, _, _ = nb.simulate(cfg, q, x0 @ P.T, v0 @ P.T)
+        np.testing.assert_allclose(locg, loc @ P.T, atol=1e-8)
+    th = 0.7
+    R = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1.0]])
+    locg, _, _ = nb.simulate(cfg, q, x0 @ R.T, v0 @ R.T)
+    assert np.abs(locg - loc @ R.T).max() > 1e-3
+
+
 def test_dataset_graphs(tmp_path):
     nb.generate(str(tmp_path), "charged", 4, 2, 2, seed=0, length=500, sample_freq=100,
                 show_progress=False)
@@ -232,6 +263,8 @@ _BREAKERS = {
     "so3": torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)),  # mirror z
     "so2z": torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)),  # vertical mirror
     "o2z": _rot("x", 0.9),  # tilts the z axis
+    "octa": torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)),  # mirror z
+    "fullocta": _rot("x", 0.9),  # not a symmetry of the cube
 }
 
 
@@ -242,7 +275,7 @@ _PHYSICS_FEATURES = dict(coulomb_attr=True, node_force=True, encounter_attr=True
     (False, "linear", {}), (True, "linear", {}), (True, "nonlinear", {}),
     (True, "nonlinear", _PHYSICS_FEATURES), (True, "nonlinear", dict(pair_velocity_attr=True))],
     ids=["static", "linear", "nonlinear", "coulomb", "pair_velocity"])
-@pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z"])
+@pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z", "octa", "fullocta"])
 def test_model_equivariance(group, pos_updates, messages, extra):
     model = _small_model(group, pos_updates=pos_updates, messages=messages, **extra)
     # translations: exact
@@ -254,6 +287,14 @@ def test_model_equivariance(group, pos_updates, messages, extra):
         assert _equiv_error(model, M) < 1e-9, M
     if group in _BREAKERS:
         assert _equiv_error(model, _BREAKERS[group]) > 1e-3
+
+
+def test_fullocta_model_has_every_symmetry_of_the_simulator():
+    """escnn's full octahedral group acts on R^3 as exactly the 48 signed permutations
+    of the axes, the symmetries that force clipping leaves (tested above)."""
+    model = _small_model("fullocta")
+    for P in _signed_permutations():
+        assert _equiv_error(model, torch.from_numpy(P)) < 1e-9, P
 
 
 @pytest.mark.parametrize("messages,extra", [("linear", {}), ("nonlinear", {}),
@@ -633,3 +674,49 @@ def test_checkpoint_from_before_the_new_options(tmp_path):
     args = _inputs()
     with torch.no_grad():  # the float32 checkpoint round trip costs ~1e-7
         torch.testing.assert_close(loaded(*args), model(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_axis_terms_see_only_the_cube_symmetries():
+    from pyg_implicit.models.nbody import _axis_terms
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    x[0], w[1] = 0.0, 0.0  # a self loop, a pair at rest
+    s, v = _axis_terms(x, w, 1.0)
+    assert s.shape == (40, 3) and v.shape == (40, 9)
+    assert s[0, 0] == 0 and (v[0, :3] == 0).all() and s[1, 1] == 0 and (v[1, 3:6] == 0).all()
+    # along an axis and along a diagonal
+    e = torch.eye(3, dtype=torch.float64)
+    s_axis, v_axis = _axis_terms(e, e, 1.0)
+    torch.testing.assert_close(s_axis[:, 0], torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(v_axis[:, :3], e)
+    d = torch.ones(1, 3, dtype=torch.float64)
+    s_diag, _ = _axis_terms(d, d, 1.0)
+    torch.testing.assert_close(s_diag[0, 0].item(), -2.0 / 3.0)
+    for P in map(torch.from_numpy, _signed_permutations()):
+        sP, vP = _axis_terms(x @ P.T, w @ P.T, 1.0)
+        torch.testing.assert_close(sP, s, rtol=0, atol=1e-12)
+        torch.testing.assert_close(vP.reshape(-1, 3, 3), v.reshape(-1, 3, 3) @ P.T,
+                                   rtol=0, atol=1e-12)
+    R = _rot("x", 0.9)
+    sR, vR = _axis_terms(x @ R.T, w @ R.T, 1.0)
+    assert (sR - s).abs().max() > 0.1
+    assert (vR.reshape(-1, 3, 3) - v.reshape(-1, 3, 3) @ R.T).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("group", ["o3", "fullocta"])
+def test_axis_attributes_break_the_model_down_to_the_cube(group):
+    """With ``axis_attr`` the model keeps the symmetries its group shares with O_h and
+    loses the others."""
+    model = _small_model(group, axis_attr=True)
+    perms = [torch.from_numpy(P) for P in _signed_permutations()]
+    exact = [M for M in _exact_matrices(model, count=200)
+             if any(torch.allclose(M, P, atol=1e-12) for P in perms)]
+    assert len(exact) >= (48 if group == "fullocta" else 4)
+    for M in exact:
+        assert _equiv_error(model, M) < 1e-9, M
+    R = _rot("z", 0.3)
+    assert _equiv_error(model, R) > 1e-3
+    if group == "o3":  # without the attributes: equivariant up to its icosahedral grid
+        assert _equiv_error(model, R) > 10 * _equiv_error(_small_model(group), R)
