@@ -126,6 +126,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                         "and vectors of the pair's directions): the model becomes "
                         "equivariant to O_h only, the symmetry of the force-clipping "
                         "simulator, with the kernels of --group")
+    p.add_argument("--axis-range", type=float, default=None,
+                   help="with --axis-attr, fade those attributes out as "
+                        "exp(-(d / R)^2) with the pair's closest-approach distance d")
     p.add_argument("--input-noise", type=float, default=0.0,
                    help="in training, add Gaussian noise of this std to the input positions "
                         "and velocities and move the targets as free flight would "
@@ -180,7 +183,7 @@ def _model_config(args, variant: str, horizon: float = 1.0) -> Dict:
                 coulomb_attr=args.coulomb_attr, node_force=args.node_force,
                 dropout=args.dropout, encounter_attr=args.encounter_attr,
                 pair_velocity_attr=args.pair_velocity_attr, axis_attr=args.axis_attr,
-                horizon=horizon, conv_kwargs=_conv_kwargs(args))
+                axis_range=args.axis_range, horizon=horizon, conv_kwargs=_conv_kwargs(args))
 
 
 def _conv_kwargs(args) -> Dict:
@@ -202,7 +205,7 @@ def build_nbody_model(config: Dict):
 _LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
                             coulomb_attr=False, node_force=False, dropout=0.0,
                             encounter_attr=False, horizon=1.0, pair_velocity_attr=False,
-                            axis_attr=False)
+                            axis_attr=False, axis_range=None)
 
 
 def load_model_state(model: torch.nn.Module, state: Dict) -> None:

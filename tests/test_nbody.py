@@ -699,17 +699,24 @@ def test_axis_terms_see_only_the_cube_symmetries():
         torch.testing.assert_close(sP, s, rtol=0, atol=1e-12)
         torch.testing.assert_close(vP.reshape(-1, 3, 3), v.reshape(-1, 3, 3) @ P.T,
                                    rtol=0, atol=1e-12)
+    # faded out with the closest-approach distance
+    sg, vg = _axis_terms(x, w, 1.0, axis_range=0.2)
+    from pyg_implicit.models.nbody import _encounter_terms
+
+    gate = torch.exp(-(_encounter_terms(x, w, 1.0)[0] / 0.2) ** 2)
+    torch.testing.assert_close(sg, s * gate)
+    torch.testing.assert_close(vg, v * gate)
     R = _rot("x", 0.9)
     sR, vR = _axis_terms(x @ R.T, w @ R.T, 1.0)
     assert (sR - s).abs().max() > 0.1
     assert (vR.reshape(-1, 3, 3) - v.reshape(-1, 3, 3) @ R.T).abs().max() > 0.1
 
 
-@pytest.mark.parametrize("group", ["o3", "fullocta"])
-def test_axis_attributes_break_the_model_down_to_the_cube(group):
+@pytest.mark.parametrize("group,axis_range", [("o3", None), ("fullocta", None), ("o3", 2.0)])
+def test_axis_attributes_break_the_model_down_to_the_cube(group, axis_range):
     """With ``axis_attr`` the model keeps the symmetries its group shares with O_h and
     loses the others."""
-    model = _small_model(group, axis_attr=True)
+    model = _small_model(group, axis_attr=True, axis_range=axis_range)
     perms = [torch.from_numpy(P) for P in _signed_permutations()]
     exact = [M for M in _exact_matrices(model, count=200)
              if any(torch.allclose(M, P, atol=1e-12) for P in perms)]
