@@ -129,6 +129,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--axis-range", type=float, default=None,
                    help="with --axis-attr, fade those attributes out as "
                         "exp(-(d / R)^2) with the pair's closest-approach distance d")
+    p.add_argument("--huber-delta", type=float, default=0.0,
+                   help="train on a Huber loss of each particle's error norm with this "
+                        "threshold (0: the MSE); the logged training error stays the MSE")
     p.add_argument("--input-noise", type=float, default=0.0,
                    help="in training, add Gaussian noise of this std to the input positions "
                         "and velocities and move the targets as free flight would "
@@ -233,7 +236,7 @@ def load_nbody_checkpoint(path: str, map_location="cpu"):
 # options a resumed run must share with the run it continues (--epochs and --time-limit
 # may grow: the schedule is stretched)
 _RESUME_ARGS = ("batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs", "ema",
-                "max_train", "frame_0", "frame_T", "seed", "input_noise")
+                "max_train", "frame_0", "frame_T", "seed", "input_noise", "huber_delta")
 
 
 def perturb_inputs(batch: Dict, sigma: float, horizon: float) -> Dict:
@@ -244,6 +247,20 @@ def perturb_inputs(batch: Dict, sigma: float, horizon: float) -> Dict:
     dv = sigma * torch.randn_like(batch["vel"])
     return {**batch, "pos": batch["pos"] + dp, "vel": batch["vel"] + dv,
             "target": batch["target"] + dp + horizon * dv}
+
+
+def position_loss(pred: torch.Tensor, target: torch.Tensor, huber_delta: float = 0.0):
+    """Training loss on predicted positions [N, 3]: the MSE, or with ``huber_delta > 0``
+    a Huber loss on each particle's error norm ``e`` (``e^2`` up to ``delta``, then
+    ``2 delta e - delta^2``; divided by 3, so it equals the MSE while every error is
+    small). Rotation-invariant either way; the Huber loss caps the pull of the close
+    encounters whose targets no rotation-equivariant model can fit (the clipping)."""
+    if not huber_delta:
+        return torch.nn.functional.mse_loss(pred, target)
+    e2 = (pred - target).pow(2).sum(-1)
+    e = e2.clamp_min(1e-30).sqrt()
+    d = float(huber_delta)
+    return torch.where(e <= d, e2, 2 * d * e - d * d).mean() / 3
 
 
 def _changed_training_args(saved: Dict, args) -> list:
@@ -422,6 +439,8 @@ def train_nbody(args) -> Dict:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * prog))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    if args.huber_delta < 0:
+        raise SystemExit(f"--huber-delta must be >= 0 (0: the MSE), got {args.huber_delta}")
     ema = None
     if args.ema:
         if not 0.0 < args.ema < 1.0:
@@ -492,14 +511,16 @@ def train_nbody(args) -> Dict:
             if args.input_noise:
                 b = perturb_inputs(b, args.input_noise, horizon)
             pred = ddp_model(b["pos"], b["vel"], b["charges"], b["edge_index"])
-            loss = torch.nn.functional.mse_loss(pred, b["target"])
+            loss = position_loss(pred, b["target"], args.huber_delta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update(model)
-            tot += loss.item() * idx.numel()
+            mse = loss if not args.huber_delta else \
+                torch.nn.functional.mse_loss(pred.detach(), b["target"])
+            tot += mse.item() * idx.numel()
             cnt += idx.numel()
             bar.set_postfix(loss=f"{tot / cnt:.5f}")
         bar.close()
@@ -565,7 +586,7 @@ def train_nbody(args) -> Dict:
             "model_config": config, "train_samples": len(train_b), "val_samples": len(val_b),
             "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
             "optimizer": args.optimizer, "weight_decay": args.weight_decay, "ema": args.ema,
-            "input_noise": args.input_noise,
+            "input_noise": args.input_noise, "huber_delta": args.huber_delta,
             "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_commit": commit, "history": history,

@@ -558,15 +558,40 @@ def test_resume_checks_the_training_options(tiny_run, tmp_path):
     in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
     args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
     args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json"),
-             "--input-noise", "0.01"]
+             "--input-noise", "0.01", "--huber-delta", "0.05"]
     _run(args + ["--epochs", "1"])
     assert "resumed" in _run(args + ["--epochs", "2"])
     res = json.load(open(tmp_path / "r.json"))
     assert res["epochs_completed"] == 2 and res["input_noise"] == 0.01
+    assert res["huber_delta"] == 0.05
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", *args, "--epochs", "3", "--batch-size", "3"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--batch-size 4 (now 3)" in r.stderr + r.stdout
+
+
+def test_position_loss():
+    from pyg_implicit.train import position_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    small = target + 0.01 * torch.randn(20, 3, generator=g, dtype=torch.float64)
+    mse = torch.nn.functional.mse_loss(small, target)
+    torch.testing.assert_close(position_loss(small, target), mse)
+    torch.testing.assert_close(position_loss(small, target, 1.0), mse)  # all below delta
+    pred = (target + torch.randn(20, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    e = (pred - target).norm(dim=-1)
+    assert (e > 1.5).any() and (e < 1.5).any()
+    expected = torch.where(e <= 1.5, e ** 2, 3.0 * e - 2.25).mean() / 3
+    loss = position_loss(pred, target, 1.5)
+    torch.testing.assert_close(loss, expected)
+    # the pull of each particle is capped at 2 delta / (3 N) in norm
+    loss.backward()
+    assert pred.grad.norm(dim=-1).max() <= 2 * 1.5 / (3 * 20) + 1e-12
+    # rotation-invariant
+    R = _rot("x", 0.9)
+    torch.testing.assert_close(position_loss(pred.detach() @ R.T, target @ R.T, 1.5),
+                               loss.detach())
 
 
 @pytest.mark.parametrize("saved_in_eval", [False, True])
