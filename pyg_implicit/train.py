@@ -129,9 +129,11 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--axis-range", type=float, default=None,
                    help="with --axis-attr, fade those attributes out as "
                         "exp(-(d / R)^2) with the pair's closest-approach distance d")
-    p.add_argument("--huber-delta", type=float, default=0.0,
+    p.add_argument("--huber-delta", type=float, default=0.3,
                    help="train on a Huber loss of each particle's error norm with this "
-                        "threshold (0: the MSE); the logged training error stays the MSE")
+                        "threshold (0: the MSE): rare close encounters, whose targets are "
+                        "chaotic, then weigh linearly, not quadratically; the logged "
+                        "training error stays the MSE")
     p.add_argument("--input-noise", type=float, default=0.0,
                    help="in training, add Gaussian noise of this std to the input positions "
                         "and velocities and move the targets as free flight would "
