@@ -81,8 +81,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                         "epoch starts after it, then the best model is tested")
     p.add_argument("--batch-size", type=int, default=10, help="graphs per batch (per process)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-8)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw"),
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="default: 0.05 with adamw, 1e-8 with adam")
+    p.add_argument("--optimizer", default="adamw", choices=("adam", "adamw"),
                    help="adam: weight decay as an L2 term; adamw: decoupled weight decay")
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--max-train", type=int, default=3000,
@@ -91,6 +92,11 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="limit validation/test simulations (default: all)")
     p.add_argument("--frame-0", type=int, default=30)
     p.add_argument("--frame-T", type=int, default=40)
+    p.add_argument("--train-windows", type=int, default=1,
+                   help="input/target windows per training simulation: frames "
+                        "(frame_0 - k, frame_T - k) for k < K. The EGNN protocol uses 1; "
+                        "more windows use more of each training trajectory (a different "
+                        "protocol, not comparable with the published numbers)")
     p.add_argument("--num-layers", type=int, default=4)
     p.add_argument("--scalars", type=int, default=16)
     p.add_argument("--vectors", type=int, default=8)
@@ -238,7 +244,22 @@ def load_nbody_checkpoint(path: str, map_location="cpu"):
 # options a resumed run must share with the run it continues (--epochs and --time-limit
 # may grow: the schedule is stretched)
 _RESUME_ARGS = ("batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs", "ema",
-                "max_train", "frame_0", "frame_T", "seed", "input_noise", "huber_delta")
+                "max_train", "frame_0", "frame_T", "seed", "input_noise", "huber_delta",
+                "train_windows")
+
+
+def load_train_windows(root: str, frame_0: int, frame_T: int, windows: int,
+                       max_train: Optional[int]) -> Dict:
+    """The training split with ``windows`` input/target pairs per simulation, shifted
+    back one frame each: (frame_0 - k, frame_T - k) for k < windows, concatenated."""
+    from pyg_implicit.datasets.nbody import load_split
+
+    parts = [load_split(root, "train", frame_0 - k, frame_T - k, max_train)
+             for k in range(windows)]
+    train = parts[0]
+    for key in ("pos", "vel", "target", "charges"):
+        train[key] = torch.cat([part[key] for part in parts])
+    return train
 
 
 def perturb_inputs(batch: Dict, sigma: float, horizon: float) -> Dict:
@@ -377,6 +398,8 @@ def train_nbody(args) -> Dict:
 
     from pyg_implicit.datasets.nbody import load_split
 
+    if args.weight_decay is None:
+        args.weight_decay = 0.05 if args.optimizer == "adamw" else 1e-8
     distributed, rank, world, local_rank = _dist_info()
     if args.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -399,7 +422,11 @@ def train_nbody(args) -> Dict:
     commit = _git_commit()  # at launch: the code that trained, even if HEAD moves on
     seed_everything(args.seed)
 
-    train = load_split(args.data, "train", args.frame_0, args.frame_T, args.max_train)
+    if not 1 <= args.train_windows <= args.frame_0 + 1:
+        raise SystemExit(f"--train-windows must lie in [1, frame_0 + 1 = {args.frame_0 + 1}] "
+                         f"(windows start at frames frame_0 - k >= 0), got {args.train_windows}")
+    train = load_train_windows(args.data, args.frame_0, args.frame_T, args.train_windows,
+                               args.max_train)
     val = load_split(args.data, "val", args.frame_0, args.frame_T, args.max_eval)
     test = load_split(args.data, "test", args.frame_0, args.frame_T, args.max_eval)
     variant, horizon = train.pop("variant"), train.pop("horizon")
@@ -589,7 +616,7 @@ def train_nbody(args) -> Dict:
             "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
             "optimizer": args.optimizer, "weight_decay": args.weight_decay, "ema": args.ema,
             "input_noise": args.input_noise, "huber_delta": args.huber_delta,
-            "seed": args.seed, "device": str(device), "world_size": world,
+            "train_windows": args.train_windows, "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_commit": commit, "history": history,
         }

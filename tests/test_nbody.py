@@ -515,6 +515,7 @@ def test_cli_smoke_and_resume(tiny_run):
         assert key in r1
     assert r1["group"] == "so2z" and r1["variant"] == "charged"
     assert r1["model_config"]["node_charge"] is False  # "auto" on `charged`
+    assert r1["optimizer"] == "adamw" and r1["weight_decay"] == 0.05  # resolved default
     assert r1["epochs_completed"] == 1 and np.isfinite(r1["test_mse"])
     assert "pyg_implicit.train nbody" in r1["command"]
     # the second command resumed from the last state instead of starting over
@@ -558,16 +559,40 @@ def test_resume_checks_the_training_options(tiny_run, tmp_path):
     in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
     args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
     args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json"),
-             "--input-noise", "0.01", "--huber-delta", "0.05"]
+             "--input-noise", "0.01", "--huber-delta", "0.05", "--train-windows", "2"]
     _run(args + ["--epochs", "1"])
     assert "resumed" in _run(args + ["--epochs", "2"])
     res = json.load(open(tmp_path / "r.json"))
     assert res["epochs_completed"] == 2 and res["input_noise"] == 0.01
     assert res["huber_delta"] == 0.05
+    assert res["train_windows"] == 2 and res["train_samples"] == 2 * 12
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", *args, "--epochs", "3", "--batch-size", "3"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--batch-size 4 (now 3)" in r.stderr + r.stdout
+
+
+def test_train_windows(tiny_run):
+    """Window k of each training simulation is the pair of frames (frame_0 - k, frame_T - k)."""
+    from pyg_implicit.train import load_train_windows
+
+    train = load_train_windows(str(tiny_run["data"]), 3, 8, 3, None)
+    with np.load(tiny_run["data"] / "train.npz") as z:
+        loc, vel, charges = z["loc"], z["vel"], z["charges"]
+    S = loc.shape[0]
+    assert train["pos"].shape == (3 * S, *loc.shape[2:])
+    for k in range(3):
+        rows = slice(k * S, (k + 1) * S)
+        np.testing.assert_array_equal(train["pos"][rows].numpy(), loc[:, 3 - k])
+        np.testing.assert_array_equal(train["vel"][rows].numpy(), vel[:, 3 - k])
+        np.testing.assert_array_equal(train["target"][rows].numpy(), loc[:, 8 - k])
+        np.testing.assert_array_equal(train["charges"][rows].numpy(), charges)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", *tiny_run["train_args"], "--train-windows", "5",
+                        "--epochs", "1", "--checkpoint-dir", str(tiny_run["tmp"] / "ck_windows"),
+                        "--results", str(tiny_run["tmp"] / "windows.json")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--train-windows must lie in [1, frame_0 + 1 = 4]" in r.stderr
 
 
 def test_position_loss():
