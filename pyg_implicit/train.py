@@ -97,6 +97,10 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                         "(frame_0 - k, frame_T - k) for k < K. The EGNN protocol uses 1; "
                         "more windows use more of each training trajectory (a different "
                         "protocol, not comparable with the published numbers)")
+    p.add_argument("--time-reversal", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train on each training window run backwards (input frame_T with "
+                        "the reversed velocity, target frame_0): an exact symmetry of the "
+                        "simulator that doubles the training samples without new simulations")
     p.add_argument("--num-layers", type=int, default=4)
     p.add_argument("--scalars", type=int, default=16)
     p.add_argument("--vectors", type=int, default=8)
@@ -245,17 +249,18 @@ def load_nbody_checkpoint(path: str, map_location="cpu"):
 # may grow: the schedule is stretched)
 _RESUME_ARGS = ("batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs", "ema",
                 "max_train", "frame_0", "frame_T", "seed", "input_noise", "huber_delta",
-                "train_windows")
+                "train_windows", "time_reversal")
 
 
 def load_train_windows(root: str, frame_0: int, frame_T: int, windows: int,
-                       max_train: Optional[int]) -> Dict:
+                       max_train: Optional[int], time_reversal: bool = False) -> Dict:
     """The training split with ``windows`` input/target pairs per simulation, shifted
-    back one frame each: (frame_0 - k, frame_T - k) for k < windows, concatenated."""
+    back one frame each: (frame_0 - k, frame_T - k) for k < windows, concatenated; with
+    ``time_reversal`` followed by the same windows run backwards (frame_T - k -> frame_0 - k)."""
     from pyg_implicit.datasets.nbody import load_split
 
-    parts = [load_split(root, "train", frame_0 - k, frame_T - k, max_train)
-             for k in range(windows)]
+    parts = [load_split(root, "train", frame_0 - k, frame_T - k, max_train, time_reversed=rev)
+             for rev in ((False, True) if time_reversal else (False,)) for k in range(windows)]
     train = parts[0]
     for key in ("pos", "vel", "target", "charges"):
         train[key] = torch.cat([part[key] for part in parts])
@@ -286,8 +291,14 @@ def position_loss(pred: torch.Tensor, target: torch.Tensor, huber_delta: float =
     return torch.where(e <= d, e2, 2 * d * e - d * d).mean() / 3
 
 
+# what a run did before these training options existed (checkpoints lack their keys)
+_LEGACY_TRAIN_ARGS = {"input_noise": 0.0, "huber_delta": 0.0, "train_windows": 1,
+                      "time_reversal": False}
+
+
 def _changed_training_args(saved: Dict, args) -> list:
     """``--option saved_value`` for each option in ``_RESUME_ARGS`` that differs."""
+    saved = {**_LEGACY_TRAIN_ARGS, **saved}
     return [f"--{k.replace('_', '-')} {saved[k]} (now {getattr(args, k)})"
             for k in _RESUME_ARGS if k in saved and saved[k] != getattr(args, k)]
 
@@ -426,7 +437,7 @@ def train_nbody(args) -> Dict:
         raise SystemExit(f"--train-windows must lie in [1, frame_0 + 1 = {args.frame_0 + 1}] "
                          f"(windows start at frames frame_0 - k >= 0), got {args.train_windows}")
     train = load_train_windows(args.data, args.frame_0, args.frame_T, args.train_windows,
-                               args.max_train)
+                               args.max_train, args.time_reversal)
     val = load_split(args.data, "val", args.frame_0, args.frame_T, args.max_eval)
     test = load_split(args.data, "test", args.frame_0, args.frame_T, args.max_eval)
     variant, horizon = train.pop("variant"), train.pop("horizon")
@@ -616,7 +627,8 @@ def train_nbody(args) -> Dict:
             "test_samples": len(test_b), "batch_size": args.batch_size, "lr": args.lr,
             "optimizer": args.optimizer, "weight_decay": args.weight_decay, "ema": args.ema,
             "input_noise": args.input_noise, "huber_delta": args.huber_delta,
-            "train_windows": args.train_windows, "seed": args.seed, "device": str(device), "world_size": world,
+            "train_windows": args.train_windows, "time_reversal": args.time_reversal,
+            "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_commit": commit, "history": history,
         }

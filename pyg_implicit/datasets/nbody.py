@@ -289,10 +289,31 @@ def _fully_connected(n: int):
     return torch.stack([src[keep], dst[keep]])
 
 
+def reverse_in_time(cfg: SimConfig, loc_T: np.ndarray, vel_T: np.ndarray,
+                    charges: np.ndarray) -> np.ndarray:
+    """The recorded velocity that runs a simulation backwards from the frame ``(loc_T, vel_T)``.
+
+    The integrator is leapfrog (kick ``v += dt F(x)``, drift ``x += dt v``) and the recorded
+    velocity is the one *before* the kick at the recorded position, so the reversed state
+    is ``-(vel_T + dt F(loc_T))``: simulating from ``(loc_T, that)`` retraces the frames
+    back to the start, exactly up to rounding (the force is a function of the positions
+    only, clipped or not, with or without the field). Negating ``vel_T`` alone is off by
+    half a kick and drifts away in close encounters.
+    """
+    F, _ = forces(cfg, np.asarray(loc_T, dtype=np.float64), np.asarray(charges, dtype=np.float64))
+    return -(np.asarray(vel_T, dtype=np.float64) + cfg.dt * F)
+
+
 def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
-               max_samples: Optional[int] = None) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+               max_samples: Optional[int] = None,
+               time_reversed: bool = False) -> Dict[str, "torch.Tensor"]:  # noqa: F821
     """Load one split as dense tensors: ``pos, vel, target`` [S, n, 3], ``charges`` [S, n];
-    also ``variant`` and ``horizon`` (the time from frame 0 to frame T)."""
+    also ``variant`` and ``horizon`` (the time from frame 0 to frame T).
+
+    ``time_reversed``: the same windows run backwards, input frame T (positions and the
+    reversed velocity of :func:`reverse_in_time`) and target the positions at frame 0,
+    an exact sample of the same map since the dynamics are time-reversible.
+    """
     import torch
 
     if split not in SPLITS:
@@ -304,16 +325,23 @@ def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
     with np.load(path) as z:
         loc, vel, charges = z["loc"], z["vel"], z["charges"]
         variant = str(z["variant"])
-        frame_time = float(z["dt"]) * int(z["sample_freq"])
+        cfg = SimConfig.for_variant(variant, dt=float(z["dt"]), sample_freq=int(z["sample_freq"]),
+                                    field=float(z["field"]))
+        frame_time = cfg.dt * cfg.sample_freq
     nf = loc.shape[1]
     if not (0 <= frame_0 < nf and 0 <= frame_T < nf):
         raise ValueError(f"frames must lie in [0, {nf}), got frame_0={frame_0}, frame_T={frame_T}")
     if max_samples is not None:
         loc, vel, charges = loc[:max_samples], vel[:max_samples], charges[:max_samples]
+    start, end = loc[:, frame_0], loc[:, frame_T]
+    vel_start = vel[:, frame_0]
+    if time_reversed:
+        start, end = end, start
+        vel_start = reverse_in_time(cfg, start, vel[:, frame_T], charges).astype(vel.dtype)
     return {
-        "pos": torch.from_numpy(np.ascontiguousarray(loc[:, frame_0])),
-        "vel": torch.from_numpy(np.ascontiguousarray(vel[:, frame_0])),
-        "target": torch.from_numpy(np.ascontiguousarray(loc[:, frame_T])),
+        "pos": torch.from_numpy(np.ascontiguousarray(start)),
+        "vel": torch.from_numpy(np.ascontiguousarray(vel_start)),
+        "target": torch.from_numpy(np.ascontiguousarray(end)),
         "charges": torch.from_numpy(np.ascontiguousarray(charges)),
         "variant": variant,
         "horizon": frame_time * (frame_T - frame_0),
