@@ -139,6 +139,41 @@ def test_field_variant_breaks_symmetry_only_along_z(tmp_path):
     assert np.abs(locg - loc @ Rx.T).max() > 1e-3
 
 
+@pytest.mark.parametrize("variant", nb.VARIANTS)
+def test_reverse_in_time_retraces_the_simulation(variant):
+    """Simulating from the reversed last frame lands on the first frame (float64); the
+    naive reversal, negating the recorded velocity only, is off by half a kick."""
+    cfg = nb.SimConfig.for_variant(variant, length=600, sample_freq=100)
+    q, x0, v0 = nb.sample_initial_conditions(cfg, 64, np.random.default_rng(7))
+    loc, vel, clips = nb.simulate(cfg, q, x0, v0)
+    back = nb.SimConfig.for_variant(variant, length=800, sample_freq=400)  # one frame, 400 steps
+    u = nb.reverse_in_time(cfg, loc[:, 4], vel[:, 4], q)
+    retraced, _, _ = nb.simulate(back, q, loc[:, 4], u)
+    err = np.abs(retraced[:, 0] - loc[:, 0]).max(axis=(1, 2))
+    naive, _, _ = nb.simulate(back, q, loc[:, 4], -vel[:, 4])
+    naive_err = np.abs(naive[:, 0] - loc[:, 0]).max(axis=(1, 2))
+    smooth = clips == 0  # chaotic clipped encounters amplify rounding
+    assert smooth.sum() > 32
+    assert err[smooth].max() < 1e-9
+    assert np.median(naive_err[smooth]) > 1e-6
+
+
+def test_time_reversed_split(tmp_path):
+    nb.generate(str(tmp_path), "charged-field", 10, 2, 2, seed=3, length=1000,
+                show_progress=False)
+    fwd = nb.load_split(str(tmp_path), "train", 2, 7)
+    rev = nb.load_split(str(tmp_path), "train", 2, 7, time_reversed=True)
+    assert torch.equal(rev["pos"], fwd["target"]) and torch.equal(rev["target"], fwd["pos"])
+    assert torch.equal(rev["charges"], fwd["charges"]) and rev["horizon"] == fwd["horizon"] == 0.5
+    assert rev["vel"].dtype == torch.float32
+    # the reversed inputs, simulated 500 steps, give the targets (up to the float32 storage)
+    cfg = nb.SimConfig.for_variant("charged-field", length=1000, sample_freq=500)
+    out, _, _ = nb.simulate(cfg, rev["charges"].double().numpy(), rev["pos"].double().numpy(),
+                            rev["vel"].double().numpy())
+    err = np.abs(out[:, 0] - rev["target"].double().numpy()).max(axis=(1, 2))
+    assert np.median(err) < 1e-5
+
+
 def _signed_permutations():
     """The 48 signed permutation matrices: the symmetries of the cube, O_h."""
     import itertools
@@ -559,34 +594,55 @@ def test_resume_checks_the_training_options(tiny_run, tmp_path):
     in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
     args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
     args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json"),
-             "--input-noise", "0.01", "--huber-delta", "0.05", "--train-windows", "2"]
+             "--input-noise", "0.01", "--huber-delta", "0.05", "--train-windows", "2",
+             "--no-time-reversal"]
     _run(args + ["--epochs", "1"])
     assert "resumed" in _run(args + ["--epochs", "2"])
     res = json.load(open(tmp_path / "r.json"))
     assert res["epochs_completed"] == 2 and res["input_noise"] == 0.01
     assert res["huber_delta"] == 0.05
     assert res["train_windows"] == 2 and res["train_samples"] == 2 * 12
+    assert res["time_reversal"] is False
+    assert tiny_run["res1"]["time_reversal"] is True  # the default: forward + backward
+    assert tiny_run["res1"]["train_samples"] == 2 * 12
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", *args, "--epochs", "3", "--batch-size", "3"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--batch-size 4 (now 3)" in r.stderr + r.stdout
+    # a checkpoint from before --time-reversal existed was trained without it
+    from types import SimpleNamespace
+
+    from pyg_implicit.train import _changed_training_args
+
+    now = SimpleNamespace(batch_size=4, input_noise=0.0, huber_delta=0.3, train_windows=1,
+                          time_reversal=True)
+    saved = {"batch_size": 4, "huber_delta": 0.3}
+    assert _changed_training_args(saved, now) == ["--time-reversal False (now True)"]
+    assert _changed_training_args({**saved, "time_reversal": True}, now) == []
 
 
 def test_train_windows(tiny_run):
     """Window k of each training simulation is the pair of frames (frame_0 - k, frame_T - k)."""
     from pyg_implicit.train import load_train_windows
 
-    train = load_train_windows(str(tiny_run["data"]), 3, 8, 3, None)
+    train = load_train_windows(str(tiny_run["data"]), 3, 8, 3, None, time_reversal=True)
     with np.load(tiny_run["data"] / "train.npz") as z:
         loc, vel, charges = z["loc"], z["vel"], z["charges"]
     S = loc.shape[0]
-    assert train["pos"].shape == (3 * S, *loc.shape[2:])
+    assert train["pos"].shape == (6 * S, *loc.shape[2:])
     for k in range(3):
-        rows = slice(k * S, (k + 1) * S)
+        rows, back = slice(k * S, (k + 1) * S), slice((3 + k) * S, (4 + k) * S)
         np.testing.assert_array_equal(train["pos"][rows].numpy(), loc[:, 3 - k])
         np.testing.assert_array_equal(train["vel"][rows].numpy(), vel[:, 3 - k])
         np.testing.assert_array_equal(train["target"][rows].numpy(), loc[:, 8 - k])
         np.testing.assert_array_equal(train["charges"][rows].numpy(), charges)
+        # then the same windows backwards
+        np.testing.assert_array_equal(train["pos"][back].numpy(), loc[:, 8 - k])
+        np.testing.assert_array_equal(train["target"][back].numpy(), loc[:, 3 - k])
+        cfg = nb.SimConfig.for_variant("charged")
+        np.testing.assert_array_equal(
+            train["vel"][back].numpy(),
+            nb.reverse_in_time(cfg, loc[:, 8 - k], vel[:, 8 - k], charges).astype(np.float32))
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", *tiny_run["train_args"], "--train-windows", "5",
                         "--epochs", "1", "--checkpoint-dir", str(tiny_run["tmp"] / "ck_windows"),
