@@ -42,9 +42,17 @@ Protocol (every parameter, with the published value as default)
 Integrator
     the reference's "leapfrog": ``v += dt F(x_0)`` once, then for
     ``i = 1 .. T-1``: ``x += dt v``; (record if ``i % sample_freq == 0``);
-    ``v += dt F(x)``. This is symplectic (semi-implicit) Euler; the recorded
-    velocity leads the recorded position by half a step of the
-    leapfrog scheme. No observation noise (``noise_var = 0``).
+    ``v += dt F(x)``. This is symplectic (semi-implicit) Euler, i.e. leapfrog
+    in kick-drift form; the recorded velocity is the one of the drift that
+    reached the recorded position (half a step behind it, ``v(t - dt/2)``).
+    No observation noise (``noise_var = 0``).
+Time reversal
+    leapfrog is exactly reversible, with or without clipping and field (the
+    force depends on positions only): from the frame ``(x_T, -(v_T + dt F(x_T)))``
+    the same integrator retraces the trajectory to ``x_0`` (:func:`reverse_in_time`;
+    negating ``v_T`` alone misses by half a kick). ``load_split(...,
+    time_reversed=True)`` gives each window run backwards, built from the two
+    frames of the window only; training uses it by default (``--time-reversal``).
 ``length = 5000``, ``sample_freq = 100``
     5000 steps per simulation, recorded every 100 steps: frames ``k = 0..48``
     hold the state after step ``100 (k + 1)`` (``length / sample_freq - 1``
