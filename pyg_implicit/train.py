@@ -75,7 +75,7 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory with {train,val,test}.npz")
     p.add_argument("--group", default="o3", choices=GROUPS)
     p.add_argument("--epochs", type=int, default=120)
-    p.add_argument("--time-limit", type=float, default=50.0,
+    p.add_argument("--time-limit", type=float, default=53.0,
                    help="training budget in minutes (0: none). The learning-rate schedule "
                         "anneals over the epochs or this budget, whichever ends first; no "
                         "epoch starts after it, then the best model is tested")
