@@ -735,6 +735,17 @@ def test_node_charge_follows_the_variant():
         [True, True, False]
 
 
+def test_time_reversal_warns_only_a_model_blind_to_the_field_axis():
+    from pyg_implicit.models.nbody import AXIAL_GROUPS, GROUPS
+    from pyg_implicit.train import _time_reversal_warning
+
+    warned = {g for g in GROUPS if _time_reversal_warning("charged-field", g, True)}
+    assert warned == set(GROUPS) - set(AXIAL_GROUPS) == {"o3", "so3", "octa", "fullocta"}
+    assert "--no-time-reversal" in _time_reversal_warning("charged-field", "o3", True)
+    assert not any(_time_reversal_warning(v, g, tr) for g in GROUPS
+                   for v, tr in (("charged-field", False), ("charged", True)))
+
+
 def test_checkpoint_roundtrip(tiny_run, tmp_path):
     from pyg_implicit.datasets.nbody import load_split
     from pyg_implicit.models.nbody import fully_connected_edges

@@ -102,6 +102,7 @@ import torch
 import torch.nn.functional as F
 
 GROUPS = ("o3", "so3", "so2z", "o2z", "octa", "fullocta")
+AXIAL_GROUPS = ("so2z", "o2z")  # the groups that fix the z axis (the field of charged-field)
 MESSAGES = ("linear", "nonlinear")
 _GSPACE_FN = {"o3": "flipRot3dOnR3", "so3": "rot3dOnR3", "so2z": "rot2dOnR3",
               "o2z": "conicalOnR3", "octa": "octaOnR3", "fullocta": "fullOctaOnR3"}
