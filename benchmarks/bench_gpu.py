@@ -43,21 +43,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def _import_package_without_escnn():
-    """pyg_implicit/__init__.py imports escnn (absent on the GPU image); the
-    fused path needs only pyg_implicit.plan and pyg_implicit.ops."""
-    try:
-        import pyg_implicit  # noqa: F401
-    except ImportError:
-        import types
-        pkg = types.ModuleType("pyg_implicit")
-        pkg.__path__ = [os.path.join(ROOT, "pyg_implicit")]
-        sys.modules["pyg_implicit"] = pkg
-
-
-_import_package_without_escnn()
-
+# pyg_implicit, .plan and .ops import without escnn (absent on the GPU image)
 from pyg_implicit.plan import ACTIVATIONS, KernelPlan, edge_kernels, hidden_features  # noqa: E402
 from pyg_implicit.ops import build_csr, fused_point_conv, is_available  # noqa: E402
 

@@ -73,7 +73,7 @@ class ImplicitKernel(torch.nn.Module):
             :mod:`pyg_implicit.nonlinearities`), ``"fourier"``, ``"quotient"`` or
             ``"regular"``.
         activation (str): pointwise function: ``"elu"``, ``"relu"``, ``"tanh"``,
-            ``"sigmoid"``.
+            ``"sigmoid"``, ``"silu"``.
         grid_size (int, optional): samples of the Fourier grid.
         grid (str, optional): grid type (``"thomson"`` or ``"ico"`` on the sphere).
         width (float): initial width of the Gaussian envelope.

@@ -31,7 +31,16 @@ from .plan import ACTIVATIONS
 
 NONLINEARITIES = ("auto", "fourier", "quotient", "regular")
 _ESCNN_FUNCTIONS = {"elu": "p_elu", "relu": "p_relu", "tanh": "p_tanh",
-                    "sigmoid": "p_sigmoid"}
+                    "sigmoid": "p_sigmoid", "silu": "p_relu"}
+# functions escnn has no name for: its module is built with a named one and then
+# applies this instead (every pointwise function keeps these modules equivariant)
+_OTHER_FUNCTIONS = {"silu": torch.nn.functional.silu}
+
+
+def _set_function(module: enn.EquivariantModule, activation: str) -> enn.EquivariantModule:
+    if activation in _OTHER_FUNCTIONS:
+        module._function = _OTHER_FUNCTIONS[activation]
+    return module
 
 
 @dataclass
@@ -72,7 +81,7 @@ def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
         if G.continuous:
             raise ValueError(f"nonlinearity='regular' needs a finite group, got {G}")
         ftype = enn.FieldType(nbs, [G.regular_representation] * channels)
-        module = enn.PointwiseNonLinearity(ftype, function=function)
+        module = _set_function(enn.PointwiseNonLinearity(ftype, function=function), activation)
         return HiddenBlock(module, kind, code, None)
 
     if kind == "quotient":
@@ -87,8 +96,9 @@ def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
             points = _orbit(exact, _generic_element(G))
         else:
             raise ValueError(f"grid must be 'thomson' or 'ico' for the sphere, got {grid!r}")
-        module = enn.QuotientFourierPointwise(nbs, stabiliser, channels, irreps, grid=points,
-                                              function=function, inplace=False)
+        module = _set_function(enn.QuotientFourierPointwise(
+            nbs, stabiliser, channels, irreps, grid=points, function=function, inplace=False),
+            activation)
         return HiddenBlock(module, kind, code, exact)
 
     if kind == "fourier":
@@ -97,8 +107,9 @@ def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
         if grid not in (None, "regular"):
             raise ValueError(f"grid must be 'regular' for nonlinearity='fourier', got {grid!r}")
         grid_kwargs = _regular_grid_kwargs(G, grid_size or 16)
-        module = enn.FourierPointwise(nbs, channels, _band_limited_irreps(G, band_limit),
-                                      function=function, inplace=False, **grid_kwargs)
+        module = _set_function(enn.FourierPointwise(
+            nbs, channels, _band_limited_irreps(G, band_limit), function=function,
+            inplace=False, **grid_kwargs), activation)
         # a regular grid of these groups is a finite subgroup: its elements are exact
         return HiddenBlock(module, kind, code, G.grid(**grid_kwargs))
     raise ValueError(f"nonlinearity {kind!r} is not available for {G}")

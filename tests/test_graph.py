@@ -1,9 +1,12 @@
 """Graph helpers over torch_cluster: brute-force agreement, batches, truncation warning."""
+import warnings
+
 import pytest
 import torch
 
-pytest.importorskip("torch_cluster")
-from pyg_implicit.graph import knn_graph, radius_graph  # noqa: E402
+import torch_cluster  # noqa: F401  (a dependency: a missing build fails, never skips)
+
+from pyg_implicit.graph import knn_graph, radius_graph
 
 
 def _edge_set(edge_index):
@@ -33,6 +36,16 @@ def test_radius_graph_warns_when_neighbourhoods_are_truncated():
     with pytest.warns(UserWarning, match="max_num_neighbors=3"):
         edge_index = radius_graph(pos, 0.5, batch, max_num_neighbors=3)
     assert int(torch.bincount(edge_index[1]).max()) <= 3
+
+
+def test_radius_graph_is_quiet_when_nothing_is_truncated():
+    pos, batch = _points(1)
+    max_degree = int(torch.bincount(radius_graph(pos, 0.5, batch, max_num_neighbors=100,
+                                                 warn=False)[1]).max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        edge_index = radius_graph(pos, 0.5, batch, max_num_neighbors=max_degree + 1)
+    assert int(torch.bincount(edge_index[1]).max()) == max_degree
 
 
 def test_knn_graph_sources_are_the_nearest_neighbours():

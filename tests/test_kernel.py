@@ -37,12 +37,22 @@ def test_constraint_check_detects_broken_kernel():
     assert check_kernel_constraint(kernel) > 1e-3
 
 
-@pytest.mark.parametrize("name", ["SO2", "O2", "SO2z", "O2_conical", "SO3", "O3"])
+# Relative violation of the kernel constraint at 4 arbitrary group elements
+# (hidden 2 x 3 fields, default grids, float64): the largest value measured over
+# five random kernels and element sets, and the bound asserted (about 2x that).
+KERNEL_ARBITRARY_ELEMENT_ERROR = {  # name: (measured, bound)
+    "SO2": (2.5e-3, 5e-3), "O2": (1.2e-3, 2.5e-3), "SO2z": (1.0e-3, 2.5e-3),
+    "O2_conical": (1.2e-3, 2.5e-3), "SO3": (3.0e-3, 6e-3), "O3": (1.7e-3, 3.5e-3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_ARBITRARY_ELEMENT_ERROR))
 def test_fourier_nonlinearity_is_approximately_equivariant_everywhere(name):
+    measured, bound = KERNEL_ARBITRARY_ELEMENT_ERROR[name]
     kernel = build_kernel(name, grid=None) if name in ("SO3", "O3") else build_kernel(name)
     G = kernel.group
     error = check_kernel_constraint(kernel, elements=[G.sample() for _ in range(4)])
-    assert error < 0.05
+    assert error <= bound, f"{name}: {error:.2e} > {bound:.1e} (measured {measured:.1e})"
 
 
 @pytest.mark.parametrize("name", ["SO2", "O2", "SO3", "O3"])
@@ -63,15 +73,6 @@ def test_projection_on_analytical_basis(name):
         forward = kernel.forward
         kernel.forward = lambda x, a=None, f=forward: f(x, a) + torch.sin(3 * x[:, :1, None])
         assert kernel_basis_residual(kernel, radius=0.7, band_limit=8) > 10 * residual
-
-
-def test_plan_gradients_reach_escnn_parameters():
-    kernel = build_kernel("D3")
-    x = torch.randn(9, 2, dtype=torch.float64)
-    a = torch.randn(9, kernel.attr_dim, dtype=torch.float64)
-    edge_kernels(kernel.plan(), x, a).pow(2).sum().backward()
-    for name, p in kernel.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("name", sorted(GROUPS))

@@ -497,13 +497,25 @@ def test_model_rejects_unknown_messages():
 
 @pytest.mark.parametrize("messages", ["linear", "nonlinear"])
 def test_model_output_and_gradients(messages):
-    model = _small_model("so2z", messages=messages).train()
+    """The model on its default backend against the same model on the reference
+    backend (materialised kernels): output and every parameter gradient."""
+    from compare import assert_rows_close
+
     pos, vel, q, ei = _inputs()
-    out = model(pos, vel, q, ei)
+    results = []
+    for conv_kwargs in ({}, {"backend": "reference"}):
+        model = _small_model("so2z", messages=messages, conv_kwargs=conv_kwargs).train()
+        out = model(pos, vel, q, ei)
+        params = [p for p in model.parameters() if p.requires_grad]
+        results.append((out, torch.autograd.grad(out.pow(2).sum(), params, allow_unused=True),
+                        [n for n, p in model.named_parameters() if p.requires_grad]))
+    (out, grads, names), (out_ref, grads_ref, _) = results
     assert out.shape == (15, 3) and torch.isfinite(out).all()
-    out.pow(2).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert_rows_close(out, out_ref, 1e-10, "output")
+    missing = [n for n, g in zip(names, grads) if g is None]
     assert not missing, missing
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert_rows_close(g, g_ref, 1e-10, f"gradient of {name}")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -10,7 +10,8 @@ NaN-poisoned buffer with an overflow guard, `k<<<...>>>(args)` a call of
 emu::launch; ATen CUDA calls become stubs of an H100-like device with 3
 multiprocessors), builds it together with csrc/point_conv.cpp (schema and
 checks) as a CPU-only pyg_implicit._C in a temporary copy of the package, and
-runs tests/test_cuda_point_conv.py there with PYG_IMPLICIT_TEST_DEVICE=cpu.
+runs tests/test_cuda_point_conv.py there with PYG_IMPLICIT_TEST_DEVICE=cpu as
+backend ``cuda_emulated``, required (PYG_IMPLICIT_REQUIRE): nothing may skip.
 
 What it checks: indexing, shared-memory layout and bounds, every code path of
 the host logic (tiling, chunks, partial reductions, masks) and the numbers,
@@ -144,9 +145,11 @@ def main():
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     shutil.copy(os.path.join(build, "_C.so"), os.path.join(pkg, "pyg_implicit", "_C" + suffix))
     os.makedirs(os.path.join(pkg, "tests"), exist_ok=True)
-    shutil.copy(os.path.join(ROOT, "tests", "test_cuda_point_conv.py"),
-                os.path.join(pkg, "tests"))
-    env = dict(os.environ, PYG_IMPLICIT_TEST_DEVICE="cpu")
+    for name in ("test_cuda_point_conv.py", "conftest.py", "backends.py", "compare.py"):
+        shutil.copy(os.path.join(ROOT, "tests", name), os.path.join(pkg, "tests"))
+    # the emulated CUDA source must run: a skip of its tests fails the run
+    env = dict(os.environ, PYG_IMPLICIT_TEST_DEVICE="cpu", PYG_IMPLICIT_CUDA_EMULATED="1",
+               PYG_IMPLICIT_REQUIRE="cuda_emulated")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_cuda_point_conv.py",
            *pytest_args]
     print("emulated CUDA kernels:", " ".join(cmd), "in", pkg, flush=True)

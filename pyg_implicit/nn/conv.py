@@ -120,6 +120,10 @@ class ImplicitPointConv(MessagePassing):
         """Args:
             csr (optional): a precomputed :class:`pyg_implicit.ops.CSRGraph` of
                 ``edge_index`` for the fused backend (built and cached otherwise).
+                It must be ``build_csr(edge_index, N_src, N_dst)``: the numbers of
+                edges and nodes are checked on every call, the indices only
+                with debug checks on (``PYG_IMPLICIT_DEBUG=1`` or
+                ``with pyg_implicit.ops.debug_checks():``).
         """
         x_src, x_dst, pos_src, pos_dst = _checks.split_inputs(x, pos, self.in_type)
         _checks.check_inputs(x_src, pos_src, pos_dst, edge_index, edge_attr,
@@ -134,7 +138,10 @@ class ImplicitPointConv(MessagePassing):
                 raise RuntimeError("backend='fused' needs the compiled extension "
                                    "pyg_implicit._C, which is not available: "
                                    "reinstall with `pip install --no-build-isolation -e .`")
-            csr = csr if csr is not None else self._cached_csr(ops, edge_index, size)
+            if csr is None:
+                csr = self._cached_csr(ops, edge_index, size)
+            else:  # sizes always; contents with debug checks (ops.debug_checks)
+                ops.check_csr(csr, edge_index, size[0], size[1])
             out = ops.fused_point_conv(x_src, pos_src, pos_dst, edge_attr, csr, plan)
         else:
             out = self.propagate(edge_index, x=(x_src, x_dst), pos=(pos_src, pos_dst),

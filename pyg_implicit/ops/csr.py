@@ -6,12 +6,33 @@ by target (stable) once; the fused op consumes that order.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["CSRGraph", "build_csr"]
+__all__ = ["CSRGraph", "build_csr", "check_csr", "debug_checks"]
+
+# PYG_IMPLICIT_DEBUG=1 (or the debug_checks() context) turns on the checks that
+# read index data, e.g. that a user-supplied CSR matches its edge_index
+_DEBUG = [os.environ.get("PYG_IMPLICIT_DEBUG", "") == "1"]
+
+
+@contextlib.contextmanager
+def debug_checks(enabled: bool = True):
+    """Turn the data-reading checks on (or off) inside a ``with`` block."""
+    previous = _DEBUG[0]
+    _DEBUG[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _DEBUG[0] = previous
+
+
+def debug_enabled() -> bool:
+    return _DEBUG[0]
 
 
 class CSRGraph(NamedTuple):
@@ -109,3 +130,31 @@ def build_csr(edge_index: Tensor, num_src: int, num_dst: int | None = None) -> C
     rowptr = _ptr_from_index(dst, num_dst)
     csc_rowptr, csc_perm = csc_from_col(col, num_src)
     return CSRGraph(rowptr, col, perm, csc_rowptr, csc_perm, num_src, num_dst)
+
+
+def check_csr(csr: CSRGraph, edge_index: Tensor, num_src: int, num_dst: int,
+              full: bool | None = None) -> None:
+    """Raise ``ValueError`` when ``csr`` is not ``build_csr(edge_index, num_src, num_dst)``.
+
+    Sizes (number of edges and nodes) are always compared. The contents are
+    compared when ``full`` is true, or by default when debug checks are on
+    (``PYG_IMPLICIT_DEBUG=1`` or :func:`debug_checks`): that rebuilds the CSR,
+    reads the indices and is skipped while ``torch.compile`` traces.
+    """
+    if not isinstance(csr, CSRGraph):
+        raise TypeError(f"csr must be a CSRGraph (from build_csr), got {type(csr).__name__}")
+    if csr.num_src != num_src or csr.num_dst != num_dst:
+        raise ValueError(f"csr was built for {csr.num_src} source and {csr.num_dst} target "
+                         f"nodes, the inputs have {num_src} and {num_dst}")
+    if csr.num_edges != edge_index.shape[1]:
+        raise ValueError(f"csr has {csr.num_edges} edges, edge_index has "
+                         f"{edge_index.shape[1]}: it was built for another graph")
+    if full is None:
+        full = debug_enabled()
+    if not full or torch.compiler.is_compiling():
+        return
+    expected = build_csr(edge_index.to(csr.col.device), num_src, num_dst)
+    for name in ("rowptr", "col", "perm", "csc_rowptr", "csc_perm"):
+        if not torch.equal(getattr(csr, name), getattr(expected, name)):
+            raise ValueError(f"csr.{name} does not match edge_index: csr must be "
+                             f"build_csr(edge_index, {num_src}, {num_dst}) of this graph")
