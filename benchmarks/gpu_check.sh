@@ -107,8 +107,8 @@ if want sanitize; then
 # Fourier and pointwise layers, several row chunks.
 import os, sys
 import torch
-sys.path.insert(0, os.getcwd())
-from tests.test_cuda_point_conv import make_problem, run_fused, SPEC_3D
+sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "tests")]
+from test_cuda_point_conv import make_problem, run_fused, SPEC_3D
 os.environ["PYG_IMPLICIT_CUDA_WS_MB"] = "1"
 for dtype in (torch.float32, torch.float64):
     x, ps, pd, ea, ei, plan = make_problem(n_src=20, n_dst=15, avg_deg=3, spec=SPEC_3D,
