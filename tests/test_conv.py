@@ -126,6 +126,17 @@ def _outputs_and_grads(conv, backend, x, pos, edge_index, attr):
     return out, grads
 
 
+def assert_backend_matches_reference(conv, backend, x, pos, edge_index, attr):
+    """``backend`` == reference, forward and every gradient, float64 (1e-10)."""
+    o1, g1 = _outputs_and_grads(conv, "reference", x, pos, edge_index, attr)
+    o2, g2 = _outputs_and_grads(conv, backend, x, pos, edge_index, attr)
+    assert_rows_close(o2, o1, 1e-10, "forward")
+    for k, (a, b) in enumerate(zip(g1, g2)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_rows_close(b, a, 1e-10, f"gradient {k}")
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("name,mixed", [("C4", True), ("SO2", True), ("O3", True),
                                         ("octa", True), ("flip2d", False), ("SO2z", True),
@@ -134,13 +145,7 @@ def test_backends_match_reference(name, mixed, backend):
     """factorized/fused == reference, forward and every gradient, float64."""
     conv, _ = make_conv(name, mixed)
     x, pos, edge_index, attr = graph_inputs(conv, seed=3)
-    o1, g1 = _outputs_and_grads(conv, "reference", x, pos, edge_index, attr)
-    o2, g2 = _outputs_and_grads(conv, backend, x, pos, edge_index, attr)
-    assert_rows_close(o2, o1, 1e-10, "forward")
-    for k, (a, b) in enumerate(zip(g1, g2)):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert_rows_close(b, a, 1e-10, f"gradient {k}")
+    assert_backend_matches_reference(conv, backend, x, pos, edge_index, attr)
 
 
 @fused_cpu
@@ -433,13 +438,7 @@ def test_options_match_reference(name, options, backend):
     forward and every gradient (float64)."""
     conv, _ = make_conv(name, **options)
     x, pos, edge_index, attr = graph_inputs(conv, seed=9)
-    o1, g1 = _outputs_and_grads(conv, "reference", x, pos, edge_index, attr)
-    o2, g2 = _outputs_and_grads(conv, backend, x, pos, edge_index, attr)
-    assert_rows_close(o2, o1, 1e-10, "forward")
-    for k, (a, b) in enumerate(zip(g1, g2)):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert_rows_close(b, a, 1e-10, f"gradient {k}")
+    assert_backend_matches_reference(conv, backend, x, pos, edge_index, attr)
     if options.get("learn_width") is False:  # a fixed width: no gradient reaches it
         assert not conv.kernel.log_width.requires_grad
 
