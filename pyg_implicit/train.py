@@ -7,14 +7,19 @@ N-body (charged particles, see :mod:`pyg_implicit.datasets.nbody`)::
         [--epochs N] [--device cpu|cuda] [--seed S]
 
 Per epoch: a progress bar over the training batches, then the validation MSE.
-The best model (lowest validation MSE) and the last training state are saved
-under ``--checkpoint-dir``; re-running the same command resumes from the last
-state (``--no-resume`` starts over); a run whose model or training options
-(batch size, learning rate, ...) differ from the checkpoint's is refused rather
-than resumed (``--epochs`` and ``--time-limit`` may grow). At the end the best model is evaluated on
-the test split; the test MSE is printed and written with the command, group,
-variant and wall time to ``benchmarks/results/nbody_<variant>_<group>.json``
-(or ``--results``).
+Every run writes into its own folder (``--out DIR``; default a new
+``runs/<run-name>-<UTC time>-<pid>``): ``train.log``, the best model
+(``best.pt``, lowest validation MSE), the last training state (``last.pt``) and,
+at the end, ``result.json`` with the test MSE of the best model, the command,
+the resolved configuration, the data fingerprint and the code version. A run
+starts fresh unless asked to continue: ``--resume auto`` (with ``--out``) or
+``--resume PATH`` (a run folder or checkpoint) continues it, and stops with an
+error naming what differs when the data, the configuration (``--epochs`` and
+``--time-limit`` may grow) or the experiment are not the checkpoint's
+(``--allow-change KEY`` accepts a deliberate change and records it). Recording
+the result under ``benchmarks/results/`` is explicit: ``--record`` (or
+``--record PATH``), which refuses to replace a recorded file without
+``--overwrite-record``. Checkpoints and results are written atomically.
 
 Multi-GPU: launch with ``torchrun --nproc_per_node K -m pyg_implicit.train nbody ...``;
 the script then uses ``torch.distributed`` (NCCL on GPUs, gloo on CPU), a
@@ -24,12 +29,10 @@ process. Only rank 0 prints, saves and writes results.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 import warnings
@@ -38,6 +41,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from pyg_implicit import runs
 from pyg_implicit.models.nbody import AXIAL_GROUPS, GROUPS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,12 +60,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _git_commit() -> Optional[str]:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT,
-                                       stderr=subprocess.DEVNULL, text=True).strip()
-    except Exception:
-        return None
+def _tee(file):
+    """A ``log`` that prints and appends to ``file``."""
+    def log(*parts):
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        file.write(line + "\n")
+        file.flush()
+    return log
 
 
 def _unwrap(model):
@@ -171,12 +177,23 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                         "graphs is too small to split, 2 threads ran 1.3x slower per epoch "
                         "than 1 on the 2-core reference machine)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-dir", default=os.path.join(REPO_ROOT, "checkpoints"))
     p.add_argument("--run-name", default=None,
-                   help="checkpoint/result name (default nbody_<variant>_<group>)")
-    p.add_argument("--results", default=None,
-                   help="result JSON (default benchmarks/results/<run-name>.json)")
-    p.add_argument("--no-resume", action="store_true")
+                   help="name of the run folder and of the recorded result (default "
+                        "nbody_<variant>_<group>)")
+    p.add_argument("--out", default=None,
+                   help="the run's folder (missing or empty for a new run; default "
+                        f"{runs.RUNS_DIR}/<run-name>-<UTC time>-<pid>)")
+    p.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue a run: 'auto' = --out's last checkpoint, or a run "
+                        "folder / checkpoint file (default: start fresh)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: accept a changed option (e.g. lr) or 'data' "
+                        "(recorded in the run's history); repeatable or comma-separated")
+    p.add_argument("--record", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="also write the result to PATH (default with no value: "
+                        "benchmarks/results/<run-name>.json)")
+    p.add_argument("--overwrite-record", action="store_true",
+                   help="let --record replace an existing file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=train_nbody)
     return p
@@ -246,11 +263,17 @@ def load_nbody_checkpoint(path: str, map_location="cpu"):
     return model, ck
 
 
-# options a resumed run must share with the run it continues (--epochs and --time-limit
-# may grow: the schedule is stretched)
-_RESUME_ARGS = ("batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs", "ema",
-                "max_train", "frame_0", "frame_T", "seed", "input_noise", "huber_delta",
-                "train_windows", "time_reversal")
+# options that do not define the run: a resumed run may change them (--epochs and
+# --time-limit may grow: the schedule is stretched; the data may move if its
+# fingerprint stays the same)
+_VOLATILE_ARGS = ("func", "argv", "epochs", "time_limit", "out", "resume", "allow_change",
+                  "record", "overwrite_record", "no_progress", "device", "threads", "data",
+                  "run_name")
+
+
+def run_config(args) -> Dict:
+    """The resolved options that define a run (all but ``_VOLATILE_ARGS``)."""
+    return {k: v for k, v in vars(args).items() if k not in _VOLATILE_ARGS}
 
 
 def load_train_windows(root: str, frame_0: int, frame_T: int, windows: int,
@@ -292,16 +315,38 @@ def position_loss(pred: torch.Tensor, target: torch.Tensor, huber_delta: float =
     return torch.where(e <= d, e2, 2 * d * e - d * d).mean() / 3
 
 
-# what a run did before these training options existed (checkpoints lack their keys)
-_LEGACY_TRAIN_ARGS = {"input_noise": 0.0, "huber_delta": 0.0, "train_windows": 1,
-                      "time_reversal": False}
+# what a run did before these options existed (a checkpoint's configuration lacks
+# the keys of options added after it was written); add an entry with every new option
+_LEGACY_ARGS = {"input_noise": 0.0, "huber_delta": 0.0, "train_windows": 1,
+                "time_reversal": False, "dropout": 0.0}
 
 
-def _changed_training_args(saved: Dict, args) -> list:
-    """``--option saved_value`` for each option in ``_RESUME_ARGS`` that differs."""
-    saved = {**_LEGACY_TRAIN_ARGS, **saved}
-    return [f"--{k.replace('_', '-')} {saved[k]} (now {getattr(args, k)})"
-            for k in _RESUME_ARGS if k in saved and saved[k] != getattr(args, k)]
+def _check_resumable(ck: Dict, path: str, experiment: str, config: Dict, model_config: Dict,
+                     data: Dict, allowed: set) -> Dict:
+    """Refuse to continue a checkpoint of another experiment, configuration or dataset
+    (unless the difference is in ``allowed``); return the accepted differences."""
+    meta = ck.get("meta")
+    if meta is None:
+        raise SystemExit(f"--resume: {path} predates run metadata (no record of its data "
+                         f"and configuration); start a new run")
+    if meta.get("experiment") != experiment:
+        raise SystemExit(f"--resume: {path} belongs to experiment "
+                         f"{meta.get('experiment')!r}, not {experiment!r}")
+    diff = runs.differences(meta["config"], config, _LEGACY_ARGS)
+    if not diff:  # the same options built another model: the code changed
+        diff = {f"model_config.{k}": v for k, v in runs.differences(
+            ck["model_config"], model_config, _LEGACY_MODEL_CONFIG).items()}
+    data_diff = runs.differences(meta["data"], data)
+    if data_diff:
+        diff["data"] = (f"{len(meta['data'])} files", f"{len(data)} files, "
+                        f"{len(data_diff)} differing ({', '.join(sorted(data_diff)[:3])})")
+    refused = {k: v for k, v in diff.items() if k.split(".")[-1] not in allowed}
+    if refused:
+        raise SystemExit(f"--resume: {path} was written by another run: "
+                         f"{runs.describe(refused)}. Start a new run, or pass "
+                         f"--allow-change {','.join(k.split('.')[-1] for k in refused)} "
+                         f"to continue it anyway")
+    return {k: list(v) for k, v in diff.items()}
 
 
 class WeightEMA:
@@ -443,7 +488,7 @@ def train_nbody(args) -> Dict:
     main = rank == 0
     log = (lambda *a: print(*a, flush=True)) if main else (lambda *a: None)
     t_start = time.time()
-    commit = _git_commit()  # at launch: the code that trained, even if HEAD moves on
+    code = runs.code_version(REPO_ROOT)  # at launch: the code that trained
     seed_everything(args.seed)
 
     if not 1 <= args.train_windows <= args.frame_0 + 1:
@@ -462,11 +507,26 @@ def train_nbody(args) -> Dict:
     train_b, val_b, test_b = _Batches(train), _Batches(val), _Batches(test)
 
     run_name = args.run_name or f"nbody_{variant.replace('-', '_')}_{args.group}"
-    ckpt_dir = args.checkpoint_dir
-    best_path = os.path.join(ckpt_dir, f"{run_name}_best.pt")
-    last_path = os.path.join(ckpt_dir, f"{run_name}_last.pt")
-    results_path = args.results or os.path.join(REPO_ROOT, "benchmarks", "results",
-                                                 f"{run_name}.json")
+    record_path = None
+    if args.record:
+        record_path = args.record if args.record != "auto" else os.path.join(
+            REPO_ROOT, "benchmarks", "results", f"{run_name}.json")
+        if main:
+            runs.check_record_target(record_path, args.overwrite_record)
+    resume_path = runs.resume_checkpoint(args.resume, args.out) if args.resume else None
+    if resume_path is not None:
+        run_dir = os.path.dirname(resume_path)
+    elif main:
+        run_dir = runs.new_run_dir(args.out, run_name)
+    else:
+        run_dir = None
+    best_path, last_path = (None, None) if run_dir is None else (
+        os.path.join(run_dir, runs.BEST), os.path.join(run_dir, runs.LAST))
+    if main:
+        log_file = open(os.path.join(run_dir, "train.log"), "a")
+        log = _tee(log_file)
+    meta = {"experiment": "nbody", "config": run_config(args),
+            "data": runs.data_fingerprint(args.data), "code": code, "seed": args.seed}
 
     config = _model_config(args, variant, horizon)
     model = build_nbody_model(config).to(device)
@@ -504,17 +564,11 @@ def train_nbody(args) -> Dict:
         ema = WeightEMA(model, args.ema)
     # the model that is validated, checkpointed as best and tested
     eval_model = ema.module if ema is not None else model
-    start_epoch, best_val, history, train_time = 0, float("inf"), [], 0.0
-    if not args.no_resume and os.path.exists(last_path):
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        # a checkpoint without a later-added option was trained with its legacy value
-        if {**_LEGACY_MODEL_CONFIG, **ck.get("model_config", {})} != config:
-            raise SystemExit(f"checkpoint {last_path} was trained with a different model "
-                             f"configuration; pass --no-resume or another --run-name")
-        changed = _changed_training_args(ck.get("args", {}), args)
-        if changed:
-            raise SystemExit(f"checkpoint {last_path} was trained with {', '.join(changed)}; "
-                             f"pass --no-resume or another --run-name")
+    start_epoch, best_val, history, train_time, resumes = 0, float("inf"), [], 0.0, []
+    if resume_path is not None:
+        ck = torch.load(resume_path, map_location=device, weights_only=False)
+        accepted = _check_resumable(ck, resume_path, "nbody", meta["config"], config,
+                                    meta["data"], runs.allowed_changes(args.allow_change))
         load_model_state(model, ck["raw_model"] if "raw_model" in ck else ck["model"])
         if ema is not None:
             ema.load_state_dict(ck["ema"])
@@ -522,8 +576,17 @@ def train_nbody(args) -> Dict:
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_val = ck["epoch"] + 1, ck["best_val"]
         history, train_time = ck.get("history", []), ck.get("train_time_s", 0.0)
+        resumes = ck.get("resumes", []) + [{
+            "epoch": start_epoch, "checkpoint": resume_path, "changed": accepted,
+            "code": code, "previous_code": ck["meta"]["code"]}]
         torch.set_rng_state(ck["rng_cpu"])
-        log(f"resumed from {last_path} at epoch {start_epoch} (best val {best_val:.6f})")
+        np.random.set_state(ck["rng_numpy"])
+        random.setstate(ck["rng_python"])
+        if accepted:
+            log(f"accepted changes: {runs.describe({k: tuple(v) for k, v in accepted.items()})}")
+        if code != ck["meta"]["code"]:
+            log(f"note: the code changed since the checkpoint ({ck['meta']['code']} -> {code})")
+        log(f"resumed from {resume_path} at epoch {start_epoch} (best val {best_val:.6f})")
 
     ddp_model = model
     if distributed:
@@ -533,9 +596,7 @@ def train_nbody(args) -> Dict:
 
     log(f"nbody/{variant}: group={args.group} params={n_params} train={len(train_b)} "
         f"val={len(val_b)} test={len(test_b)} device={device} world={world} "
-        f"threads={torch.get_num_threads()}")
-    if main:
-        os.makedirs(ckpt_dir, exist_ok=True)
+        f"threads={torch.get_num_threads()} run folder {run_dir}")
     stopped_early = False
     epoch = start_epoch - 1
     for epoch in range(start_epoch, args.epochs):
@@ -600,19 +661,17 @@ def train_nbody(args) -> Dict:
             + f"{'  *' if improved else ''}  ({time.time() - t0:.1f}s)")
         if main:
             state = {"model": eval_model.state_dict(), "model_config": config, "epoch": epoch,
-                     "val_mse": val_mse, "variant": variant,
-                     "args": {k: v for k, v in vars(args).items() if k != "func"}}
+                     "val_mse": val_mse, "variant": variant, "meta": meta}
             if improved:
                 best_val = val_mse
-                torch.save(state, best_path + ".tmp")
-                os.replace(best_path + ".tmp", best_path)
+                runs.atomic_torch_save(state, best_path)
             if ema is not None:
                 state.update(raw_model=model.state_dict(), ema=ema.state_dict())
             state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                          best_val=best_val, history=history, train_time_s=train_time,
-                         rng_cpu=torch.get_rng_state())
-            torch.save(state, last_path + ".tmp")
-            os.replace(last_path + ".tmp", last_path)
+                         resumes=resumes, rng_cpu=torch.get_rng_state(),
+                         rng_numpy=np.random.get_state(), rng_python=random.getstate())
+            runs.atomic_torch_save(state, last_path)
         else:
             best_val = min(best_val, val_mse)
     if distributed:
@@ -646,13 +705,20 @@ def train_nbody(args) -> Dict:
             "train_windows": args.train_windows, "time_reversal": args.time_reversal,
             "seed": args.seed, "device": str(device), "world_size": world,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "git_commit": commit, "history": history,
+            "git_commit": code["commit"], "code": code, "run_dir": os.path.abspath(run_dir),
+            "config": meta["config"], "data": os.path.abspath(args.data),
+            "data_fingerprint": meta["data"], "resumes": resumes, "history": history,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
-        with open(results_path, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"test MSE {test_mse:.6f} (best val {best_val:.6f}, epoch {best_epoch}); "
-              f"wall time {wall:.1f}s; written to {results_path}", flush=True)
+        result_path = os.path.join(run_dir, runs.RESULT)
+        runs.atomic_write_json(result, result_path)
+        written = [result_path]
+        if record_path is not None:
+            runs.check_record_target(record_path, args.overwrite_record)
+            runs.atomic_write_json(result, record_path)
+            written.append(record_path)
+        log(f"test MSE {test_mse:.6f} (best val {best_val:.6f}, epoch {best_epoch}); "
+            f"wall time {wall:.1f}s; written to {' and '.join(written)}")
+        log_file.close()
     if distributed:
         import torch.distributed as dist
 

@@ -520,39 +520,53 @@ def test_model_output_and_gradients(messages):
 
 # --------------------------------------------------------------------------- CLI
 
-def _run(args, **kw):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300, **kw)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+def _env():
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS="1")
+
+
+def _run(args, cwd=REPO, ok=True):
+    r = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    if ok:
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+    assert r.returncode != 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def _result(run_dir):
+    with open(os.path.join(run_dir, "result.json")) as f:
+        return json.load(f)
+
+
+def _generate(data, seed):
+    _run(["pyg_implicit.datasets.nbody", "generate", "--out", str(data), "--num-train", "12",
+          "--num-val", "6", "--num-test", "6", "--length", "1000", "--seed", str(seed),
+          "--no-progress"])
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nbody_cli")
-    data = tmp / "data"
-    _run(["pyg_implicit.datasets.nbody", "generate", "--out", str(data), "--num-train", "12",
-          "--num-val", "6", "--num-test", "6", "--length", "1000", "--seed", "1",
-          "--no-progress"])
+    data, other_data = tmp / "data", tmp / "other_data"
+    _generate(data, 1)
+    _generate(other_data, 2)
     train_args = ["pyg_implicit.train", "nbody", "--data", str(data), "--group", "so2z",
                   "--frame-0", "3", "--frame-T", "8", "--batch-size", "4", "--num-layers", "1",
                   "--scalars", "2", "--vectors", "1", "--hidden-channels", "4",
                   "--hidden-layers", "1", "--band-limit", "1", "--threads", "1",
                   "--ema", "0.5", "--validate-raw", "--no-progress"]
-    run_args = train_args + ["--checkpoint-dir", str(tmp / "ck"),
-                             "--results", str(tmp / "res.json")]
-    out1 = _run(run_args + ["--epochs", "1"])
-    res1 = json.load(open(tmp / "res.json"))
-    out2 = _run(run_args + ["--epochs", "2"])
-    res2 = json.load(open(tmp / "res.json"))
+    run1 = tmp / "run1"
+    out1 = _run(train_args + ["--out", str(run1), "--epochs", "1"])
+    res1 = _result(run1)
+    out2 = _run(train_args + ["--out", str(run1), "--resume", "auto", "--epochs", "2"])
+    res2 = _result(run1)
     # the same two epochs without the interruption
-    _run(train_args + ["--epochs", "2", "--checkpoint-dir", str(tmp / "ck_straight"),
-                       "--results", str(tmp / "straight.json")])
-    straight = json.load(open(tmp / "straight.json"))
-    return dict(tmp=tmp, data=data, out1=out1, out2=out2, res1=res1, res2=res2,
-                straight=straight, train_args=train_args)
+    _run(train_args + ["--epochs", "2", "--out", str(tmp / "straight")])
+    straight = _result(tmp / "straight")
+    return dict(tmp=tmp, data=data, other_data=other_data, run1=run1, out1=out1, out2=out2,
+                res1=res1, res2=res2, straight=straight, train_args=train_args)
 
 
 def test_cli_smoke_and_resume(tiny_run):
@@ -565,72 +579,179 @@ def test_cli_smoke_and_resume(tiny_run):
     assert r1["optimizer"] == "adamw" and r1["weight_decay"] == 0.05  # resolved default
     assert r1["epochs_completed"] == 1 and np.isfinite(r1["test_mse"])
     assert "pyg_implicit.train nbody" in r1["command"]
-    # the second command resumed from the last state instead of starting over
-    assert "resumed" in tiny_run["out2"]
-    assert r2["epochs_completed"] == 2
+    # the result knows its run folder, configuration, data and code
+    assert r1["run_dir"] == str(tiny_run["run1"]) and r1["config"]["batch_size"] == 4
+    assert set(r1["data_fingerprint"]) == {"train.npz", "val.npz", "test.npz", "meta.json"}
+    assert all(len(f["sha256"]) == 64 for f in r1["data_fingerprint"].values())
+    assert "commit" in r1["code"] and r1["resumes"] == []
+    # the second command was asked to resume, and did
+    assert "resumed" in tiny_run["out2"] and "resumed" not in tiny_run["out1"]
+    assert r2["epochs_completed"] == 2 and [r["epoch"] for r in r2["resumes"]] == [1]
     assert r2["history"][0] == r1["history"][0]
+    # the run folder holds the run's log, checkpoints and result
+    assert {"train.log", "last.pt", "best.pt", "result.json"} <= set(os.listdir(tiny_run["run1"]))
+    assert open(tiny_run["run1"] / "train.log").read().count("test MSE") == 2
     # resuming restores the model, its weight average, the optimiser and the RNG: the
     # resumed run validates exactly like an uninterrupted one
     straight = tiny_run["straight"]
-    for key in ("train_mse", "val_mse", "val_mse_raw"):
+    for key in ("train_mse", "val_mse", "val_mse_raw", "lr"):
         assert [h[key] for h in r2["history"]] == [h[key] for h in straight["history"]], key
     assert r2["test_mse"] == straight["test_mse"]
     # the averaged weights are what is validated (decay 0.5: they differ from the raw ones)
     assert all(h["val_mse"] != h["val_mse_raw"] for h in r2["history"])
 
 
-def test_resume_from_a_checkpoint_without_a_later_option(tiny_run, tmp_path):
-    """A last checkpoint written before an option existed (no ``dropout`` key) resumes
-    under the option's legacy value; another configuration is refused."""
+def _copy_run(tiny_run, tmp_path):
     import shutil
 
-    ck_dir = tmp_path / "ck"
-    shutil.copytree(tiny_run["tmp"] / "ck", ck_dir)
-    last = [f for f in os.listdir(ck_dir) if f.endswith("_last.pt")][0]
-    ck = torch.load(ck_dir / last, weights_only=False)
-    del ck["model_config"]["dropout"]
-    torch.save(ck, ck_dir / last)
-    args = ["pyg_implicit.train", "nbody", *tiny_run["train_args"][4:],
-            "--data", str(tiny_run["data"]), "--checkpoint-dir", str(ck_dir),
-            "--results", str(tmp_path / "res.json"), "--epochs", "3"]
-    assert "resumed" in _run(args)
-    assert json.load(open(tmp_path / "res.json"))["epochs_completed"] == 3
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", *args[:-1], "4", "--dropout", "0.2"], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "different model configuration" in r.stderr + r.stdout
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run1"], run)
+    return run
+
+
+def test_resume_from_a_checkpoint_without_a_later_option(tiny_run, tmp_path):
+    """A last checkpoint written before an option existed (no ``dropout`` key) resumes
+    under the option's legacy value; another value is refused, naming the option."""
+    run = _copy_run(tiny_run, tmp_path)
+    ck = torch.load(run / "last.pt", weights_only=False)
+    del ck["model_config"]["dropout"], ck["meta"]["config"]["dropout"]
+    torch.save(ck, run / "last.pt")
+    args = tiny_run["train_args"] + ["--out", str(run), "--resume", "auto"]
+    assert "resumed" in _run(args + ["--epochs", "3"])
+    assert _result(run)["epochs_completed"] == 3
+    err = _run(args + ["--epochs", "4", "--dropout", "0.2"], ok=False)
+    assert "dropout: 0.0 in the checkpoint, 0.2 now" in err
+
+
+def test_resume_refuses_other_data_and_configuration(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    args = tiny_run["train_args"] + ["--resume", str(run), "--epochs", "3"]
+    other = [a if a != str(tiny_run["data"]) else str(tiny_run["other_data"]) for a in args]
+    err = _run(other, ok=False)
+    assert "was written by another run" in err and "data:" in err and "differing" in err
+    err = _run(args + ["--lr", "0.01"], ok=False)
+    assert "lr: 0.001 in the checkpoint, 0.01 now" in err and "--allow-change lr" in err
+    assert _result(run)["epochs_completed"] == 2  # nothing was touched
+    # a deliberate change, allowed and recorded
+    _run(args + ["--lr", "0.01", "--allow-change", "lr"])
+    res = _result(run)
+    assert res["epochs_completed"] == 3 and res["resumes"][-1]["changed"] == {"lr": [0.001, 0.01]}
+    # a run folder that holds a run is not reused by a fresh run
+    err = _run(tiny_run["train_args"] + ["--out", str(run), "--epochs", "1"], ok=False)
+    assert "already holds a run" in err and "--resume auto" in err
+    err = _run(tiny_run["train_args"] + ["--resume", "auto", "--epochs", "1"], ok=False)
+    assert "--resume auto continues the run in --out" in err
 
 
 def test_resume_checks_the_training_options(tiny_run, tmp_path):
     """A run with weight averaging but without --validate-raw checkpoints its raw weights
     in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
     args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
-    args += ["--checkpoint-dir", str(tmp_path / "ck"), "--results", str(tmp_path / "r.json"),
-             "--input-noise", "0.01", "--huber-delta", "0.05", "--train-windows", "2",
-             "--no-time-reversal"]
+    args += ["--out", str(tmp_path / "run"), "--input-noise", "0.01", "--huber-delta", "0.05",
+             "--train-windows", "2", "--no-time-reversal"]
     _run(args + ["--epochs", "1"])
-    assert "resumed" in _run(args + ["--epochs", "2"])
-    res = json.load(open(tmp_path / "r.json"))
+    assert "resumed" in _run(args + ["--epochs", "2", "--resume", "auto"])
+    res = _result(tmp_path / "run")
     assert res["epochs_completed"] == 2 and res["input_noise"] == 0.01
     assert res["huber_delta"] == 0.05
     assert res["train_windows"] == 2 and res["train_samples"] == 2 * 12
     assert res["time_reversal"] is False
     assert tiny_run["res1"]["time_reversal"] is True  # the default: forward + backward
     assert tiny_run["res1"]["train_samples"] == 2 * 12
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", *args, "--epochs", "3", "--batch-size", "3"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "--batch-size 4 (now 3)" in r.stderr + r.stdout
+    err = _run(args + ["--epochs", "3", "--resume", "auto", "--batch-size", "3"], ok=False)
+    assert "batch_size: 4 in the checkpoint, 3 now" in err
     # a checkpoint from before --time-reversal existed was trained without it
-    from types import SimpleNamespace
+    from pyg_implicit.runs import differences
+    from pyg_implicit.train import _LEGACY_ARGS
 
-    from pyg_implicit.train import _changed_training_args
-
-    now = SimpleNamespace(batch_size=4, input_noise=0.0, huber_delta=0.3, train_windows=1,
-                          time_reversal=True)
     saved = {"batch_size": 4, "huber_delta": 0.3}
-    assert _changed_training_args(saved, now) == ["--time-reversal False (now True)"]
-    assert _changed_training_args({**saved, "time_reversal": True}, now) == []
+    now = {"batch_size": 4, "huber_delta": 0.3, "time_reversal": True}
+    assert differences(saved, now, _LEGACY_ARGS) == {"time_reversal": (False, True)}
+    assert differences({**saved, "time_reversal": True}, now, _LEGACY_ARGS) == {}
+
+
+def _results_snapshot():
+    folder = os.path.join(REPO, "benchmarks", "results")
+    snap = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            snap[path] = (os.path.getsize(path), os.path.getmtime(path))
+    return snap
+
+
+def test_smoke_run_then_full_run_do_not_interact(tiny_run, tmp_path):
+    """The issue's scenario: a one-epoch smoke run on one dataset, then the default
+    command on another, in the same working directory: the second starts fresh in its
+    own folder, and nothing under benchmarks/results/ changes."""
+    before = _results_snapshot()
+    base = [a for a in tiny_run["train_args"]]
+    _run(base + ["--epochs", "1"], cwd=tmp_path)
+    other = [a if a != str(tiny_run["data"]) else str(tiny_run["other_data"]) for a in base]
+    out = _run(other + ["--epochs", "2"], cwd=tmp_path)
+    assert "resumed" not in out
+    folders = sorted(os.listdir(tmp_path / "runs"))
+    assert len(folders) == 2, folders
+    results = [_result(tmp_path / "runs" / f) for f in folders]
+    assert sorted(r["epochs_completed"] for r in results) == [1, 2]
+    assert {r["data"] for r in results} == {str(tiny_run["data"]), str(tiny_run["other_data"])}
+    assert results[0]["data_fingerprint"] != results[1]["data_fingerprint"]
+    assert _results_snapshot() == before
+
+
+def test_concurrent_runs_do_not_share_files(tiny_run, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", *tiny_run["train_args"], "--epochs", "1",
+                               "--seed", str(seed)], cwd=tmp_path, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for seed in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    folders = sorted(os.listdir(tmp_path / "runs"))
+    assert len(folders) == 2, folders
+    seeds = sorted(_result(tmp_path / "runs" / f)["seed"] for f in folders)
+    assert seeds == [0, 1]
+    for f in folders:
+        assert {"train.log", "last.pt", "best.pt", "result.json"} <= \
+            set(os.listdir(tmp_path / "runs" / f))
+
+
+def test_record_is_explicit_and_never_overwrites(tiny_run, tmp_path):
+    record = tmp_path / "recorded.json"
+    args = tiny_run["train_args"] + ["--epochs", "1", "--record", str(record)]
+    _run(args + ["--out", str(tmp_path / "a")])
+    first = json.load(open(record))
+    assert first == _result(tmp_path / "a")
+    err = _run(args + ["--out", str(tmp_path / "b")], ok=False)
+    assert "already holds a recorded result" in err and "--overwrite-record" in err
+    assert not (tmp_path / "b" / "last.pt").exists()  # refused before training
+    _run(args + ["--out", str(tmp_path / "c"), "--overwrite-record"])
+    assert json.load(open(record))["run_dir"] == str(tmp_path / "c")
+
+
+def test_kill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path):
+    """SIGKILL a run during its second epoch: its last checkpoint (epoch 1) loads, and
+    resuming it reproduces the loss history of an uninterrupted run bit for bit."""
+    import signal
+    import time
+
+    args = tiny_run["train_args"] + ["--epochs", "3", "--batch-size", "1"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", *args, "--out", str(killed)], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    ck = torch.load(killed / "last.pt", weights_only=False)  # the last good checkpoint
+    assert ck["epoch"] < 2 and not (killed / "result.json").exists()
+    _run(args + ["--out", str(killed), "--resume", "auto"])
+    _run(args + ["--out", str(tmp_path / "straight")])
+    resumed, straight = _result(killed), _result(tmp_path / "straight")
+    for key in ("train_mse", "val_mse", "val_mse_raw", "lr"):
+        assert [h[key] for h in resumed["history"]] == [h[key] for h in straight["history"]], key
+    assert resumed["test_mse"] == straight["test_mse"]
 
 
 def test_train_windows(tiny_run):
@@ -655,12 +776,9 @@ def test_train_windows(tiny_run):
         np.testing.assert_array_equal(
             train["vel"][back].numpy(),
             nb.reverse_in_time(cfg, loc[:, 8 - k], vel[:, 8 - k], charges).astype(np.float32))
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", *tiny_run["train_args"], "--train-windows", "5",
-                        "--epochs", "1", "--checkpoint-dir", str(tiny_run["tmp"] / "ck_windows"),
-                        "--results", str(tiny_run["tmp"] / "windows.json")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "--train-windows must lie in [1, frame_0 + 1 = 4]" in r.stderr
+    err = _run(tiny_run["train_args"] + ["--train-windows", "5", "--epochs", "1", "--out",
+                                         str(tiny_run["tmp"] / "windows")], ok=False)
+    assert "--train-windows must lie in [1, frame_0 + 1 = 4]" in err
 
 
 def test_position_loss():
@@ -763,10 +881,8 @@ def test_checkpoint_roundtrip(tiny_run, tmp_path):
     from pyg_implicit.models.nbody import fully_connected_edges
     from pyg_implicit.train import load_nbody_checkpoint
 
-    ck_dir = tiny_run["tmp"] / "ck"
-    best = [f for f in os.listdir(ck_dir) if f.endswith("_best.pt")]
-    assert len(best) == 1
-    model, ck = load_nbody_checkpoint(str(ck_dir / best[0]))
+    model, ck = load_nbody_checkpoint(str(tiny_run["run1"] / "best.pt"))
+    assert ck["meta"]["experiment"] == "nbody"
     model.eval()
     t = load_split(str(tiny_run["data"]), "test", 3, 8)
     S = t["charges"].shape[0]
