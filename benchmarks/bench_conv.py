@@ -1,7 +1,7 @@
-"""Microbenchmark: fused point convolution vs the unfused references (DESIGN.md §4).
+"""Microbenchmark: fused point convolution vs the unfused references (docs/design.md §4).
 
 For each configuration and variant (``reference``: materialised per-edge
-kernels; ``factorized``: the DESIGN §3 identity in plain torch; ``fused``: the
+kernels; ``factorized``: the docs/design.md §2 identity in plain torch; ``fused``: the
 compiled op) a fresh worker process builds the layer and graph, warms up, and
 reports the median time of the forward pass (no grad) and of forward+backward
 over ``--reps`` runs, and the peak extra resident memory of one forward+backward

@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused point convolution (DESIGN.md §4).
+"""GPU benchmark of the fused point convolution (docs/design.md §4).
 
 Variants, each forward and forward+backward (median over CUDA-event-timed runs
 after warm-up) with peak memory (torch.cuda.max_memory_allocated):
@@ -9,14 +9,14 @@ after warm-up) with peak memory (torch.cuda.max_memory_allocated):
               index_add_, then A @ Wt^T (materialises E x (H+1) x C_in);
 - fused:      torch.ops.pyg_implicit (csrc/cuda).
 
-Configurations M, L and 2D of DESIGN.md §4 with random plans of the right sizes
+Configurations M, L and 2D of docs/design.md §4 with random plans of the right sizes
 (no escnn needed): O(3) band limit 2 -> 16 fields x 9 dims = 144 hidden units
 per layer, Fourier activation on a 120-point grid, two hidden layers; 2D:
 SO(2) frequencies 0..2 -> 16 fields x 5 dims = 80 hidden units on a 16-point
 grid, 8 x (1 + 2 + 2) = 40 channels. Graphs: random points in the unit cube
 (square), k-nearest-neighbour graph (chunked cdist + topk on the GPU).
 
-Beside each fused time: the roofline floor of DESIGN.md §4 (datasheet H100
+Beside each fused time: the roofline floor of docs/design.md §4 (datasheet H100
 rates and rates measured here: an FP32 SGEMM with TF32 off and a device copy).
 Also: the largest E each variant handles at configuration L's widths (random
 graphs with 32 neighbours per node, forward+backward, doubling E until it runs
@@ -47,7 +47,7 @@ sys.path.insert(0, ROOT)
 from pyg_implicit.plan import ACTIVATIONS, KernelPlan, edge_kernels, hidden_features  # noqa: E402
 from pyg_implicit.ops import build_csr, fused_point_conv, is_available  # noqa: E402
 
-# DESIGN.md §4
+# docs/design.md §4
 CONFIGS = {
     "M": dict(n=10_000, k=32, d=3, c=32, fields=16, dim=9, grid=120),
     "L": dict(n=100_000, k=32, d=3, c=64, fields=16, dim=9, grid=120),
@@ -195,7 +195,7 @@ def free():
 
 
 # ---------------------------------------------------------------------------
-# roofline (DESIGN.md §4)
+# roofline (docs/design.md §4)
 # ---------------------------------------------------------------------------
 
 def mlp_flops_per_edge(plan):

@@ -1,5 +1,5 @@
 // CUDA implementation of pyg_implicit::point_conv_forward / point_conv_backward
-// (contract: docs/fused_op_spec.md, maths: pyg_implicit/plan.py, DESIGN.md §3).
+// (contract: docs/fused_op_spec.md, maths: pyg_implicit/plan.py, docs/design.md §2).
 //
 // Design (see also the report in the commit history / docs):
 //

@@ -56,7 +56,7 @@ class ImplicitPointConv(MessagePassing):
         hidden_layers (int): hidden layers of the kernel MLP.
         bias (bool): add a learnable bias to the trivial output fields.
         backend (str): ``"reference"`` (materialises ``[E, C_out, C_in]``
-            kernels), ``"factorized"`` (plain-torch factorisation, DESIGN §3),
+            kernels), ``"factorized"`` (plain-torch factorisation, docs/design.md §2),
             ``"fused"`` (compiled op, no per-edge tensors) or ``"auto"``
             (fused when the extension is built, else factorized).
         **kwargs: further arguments of :class:`~pyg_implicit.ImplicitKernel`
