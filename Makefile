@@ -11,7 +11,7 @@ ESCNN_PIN   := escnn==1.0.11
 PYG_EXT     := torch-scatter==2.1.2 torch-cluster==1.6.3
 DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
-CUDA_HOME   ?= $(firstword $(wildcard /usr/local/cuda-13.0 /usr/local/cuda))
+CUDA_HOME   ?= $(shell $(PYTHON) csrc/find_cuda_home.py 2>/dev/null)
 export CUDA_HOME
 CSRC        := $(shell find csrc -type f 2>/dev/null)
 # escnn caches Clebsch-Gordan coefficients and group data inside its package

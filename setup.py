@@ -4,7 +4,9 @@ The C++ (CPU) sources in ``csrc/*.cpp`` and ``csrc/cpu/*.cpp`` are always
 compiled.  The CUDA sources in ``csrc/cuda/*.cu`` are compiled as well when
 torch was built with CUDA and either a GPU is visible or ``FORCE_CUDA=1``;
 ``FORCE_ONLY_CPU=1`` skips them.  ``TORCH_CUDA_ARCH_LIST`` and ``MAX_JOBS``
-are honoured (they are read by ``torch.utils.cpp_extension``).
+are honoured (they are read by ``torch.utils.cpp_extension``);
+``PYG_IMPLICIT_PTXAS_VERBOSE=1`` prints ptxas' register and shared-memory use.
+The CUDA toolkit is chosen by ``csrc/find_cuda_home.py``.
 
 Install with ``pip install --no-build-isolation -e .``.
 """
@@ -16,11 +18,19 @@ from setuptools import find_namespace_packages, find_packages, setup
 
 # torch.utils.cpp_extension reads CUDA_HOME when it is imported: point it at
 # the real toolkit before that (a /usr/local/bin/nvcc shim otherwise makes
-# torch guess /usr/local and fail to link).
-_CUDA_DEFAULT = "/usr/local/cuda-13.0"
-if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ \
-        and os.path.isdir(_CUDA_DEFAULT):
-    os.environ["CUDA_HOME"] = _CUDA_DEFAULT
+# torch guess /usr/local and fail to link). csrc/find_cuda_home.py decides.
+def _find_cuda_home():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "find_cuda_home.py")
+    spec = importlib.util.spec_from_file_location("find_cuda_home", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.find_cuda_home()
+
+
+_CUDA_HOME, _NO_CUDA_REASON = _find_cuda_home()
+if _CUDA_HOME is not None:
+    os.environ["CUDA_HOME"] = _CUDA_HOME
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import (  # noqa: E402
@@ -81,11 +91,17 @@ def get_extensions():
     extra_link_args = list(omp_lflags)
 
     use_cuda = _with_cuda() and len(cuda_sources) > 0
+    if use_cuda and _CUDA_HOME is None:
+        raise RuntimeError(f"pyg_implicit: CUDA build requested but {_NO_CUDA_REASON} "
+                           f"(or FORCE_ONLY_CPU=1 for a CPU-only build)")
     if use_cuda:
+        print(f"pyg_implicit: CUDA toolkit {_CUDA_HOME}")
         define_macros.append(("WITH_CUDA", None))
         include_dirs += _nvidia_include_dirs()
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr",
                       "-lineinfo"]
+        if _truthy("PYG_IMPLICIT_PTXAS_VERBOSE"):  # registers, spills, smem per kernel
+            nvcc_flags.append("-Xptxas=-v")
         ext = CUDAExtension(
             "pyg_implicit._C", sources + cuda_sources,
             include_dirs=include_dirs, define_macros=define_macros,

@@ -459,6 +459,9 @@ def main(argv=None):
     ap.add_argument("--te-sweep", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the fused op for edge tiles TE = 2, 4, 8, 16")
     ap.add_argument("--te-sweep-config", default="M")
+    ap.add_argument("--unfused-configs", default=None,
+                    help="configurations that also time the reference and factorized "
+                         "variants (default: all of --configs); the others time fused only")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     args = ap.parse_args(argv)
 
@@ -483,11 +486,13 @@ def main(argv=None):
         rates["measured"] = (mc["fp32_tflops"], mc["hbm_tbps"])
         print(f"measured: SGEMM {mc['fp32_tflops']:.1f} TFLOP/s, copy {mc['hbm_tbps']:.2f} TB/s")
 
+    unfused = set((args.unfused_configs or args.configs).split(","))
     for name in args.configs.split(","):
         cfg = dict(CONFIGS[name])
         cfg["n"] = max(64, int(cfg["n"] * args.scale))
+        names = variants if name in unfused else [v for v in variants if v == "fused"]
         report["configs"].append(bench_config(name, cfg, device, dtype, args.warmup,
-                                              args.reps, rates, variants))
+                                              args.reps, rates, names))
 
     if args.te_sweep and "fused" in variants:
         # edge-tile size of the CUDA kernels (PYG_IMPLICIT_CUDA_TE, default 8; the

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # One-command GPU verification of the fused CUDA point convolution.
 #
-#   bash benchmarks/gpu_check.sh [all|build|test|sanitize|bench]...   (default: all)
+#   bash benchmarks/gpu_check.sh [--full] [build|smoke|test|sanitize|bench]...   (default: all)
 #
-# On a GPU machine (python3 with torch+CUDA, nvcc, pytest; no escnn, torch-scatter
-# or torch-cluster needed) it
-#   1. builds pyg_implicit._C in place with FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0,
-#   2. runs the CUDA tests (tests/test_cuda_point_conv.py),
-#   3. runs compute-sanitizer (memcheck, racecheck, synccheck) on a small case,
-#   4. runs the GPU benchmark (benchmarks/bench_gpu.py) -> benchmarks/results/.
-# Logs and results go to benchmarks/results/ and, if $OUT is set, to $OUT.
-# Environment: PY (python, default python3), MAX_JOBS, BENCH_ARGS (extra
-# arguments for bench_gpu.py, e.g. "--configs M,2D --no-max-e"), PYTEST_ARGS.
+# For a fresh GPU machine (python3 with torch+CUDA, nvcc, pytest; no escnn,
+# torch-scatter or torch-cluster needed). Stages, each under its own timeout, in
+# this order (estimated minutes on an H100/H200 with 16 cores; not yet measured):
+#   build     ~3   pyg_implicit._C in place, FORCE_CUDA=1, sm_90, ptxas -v report
+#   smoke     <1   CUDA kernels registered; a tiny forward on CUDA == the CPU kernels
+#   test      ~1.5 tests/test_cuda_point_conv.py, backends cuda + fused_cpu required
+#   sanitize  ~1   compute-sanitizer memcheck on a small case (--full: + racecheck, synccheck)
+#   bench     ~2   bench_gpu.py: configurations M and L, reference/factorized at M only,
+#                  5 repetitions (--full: all configurations, max-E search, edge-tile sweep)
+# Default total about 8 minutes. Logs go to $OUT (when set) as each stage runs, and to
+# benchmarks/results/; results carry the GPU model in their names.
+# Environment: PY (python, default python3), MAX_JOBS, BENCH_ARGS (replace the bench
+# arguments), PYTEST_ARGS, T_BUILD/T_SMOKE/T_TEST/T_SANITIZE/T_BENCH (timeouts, s).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,12 +23,15 @@ ROOT=$(pwd)
 PY=${PY:-python3}
 RESULTS=$ROOT/benchmarks/results
 mkdir -p "$RESULTS"
-LOG=$RESULTS/gpu_check.log
-: >"$LOG"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-
-STAGES=("$@")
+FULL=0
+STAGES=()
+for a in "$@"; do
+  case $a in
+    --full) FULL=1 ;;
+    build|smoke|test|sanitize|bench|all) STAGES+=("$a") ;;
+    *) echo "gpu_check.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(all)
 want() {
   local s
@@ -32,76 +39,103 @@ want() {
   return 1
 }
 
+# the log is written where it survives a killed command: $OUT first
+LOGDIR=${OUT:-$RESULTS}
+mkdir -p "$LOGDIR"
+LOG=$LOGDIR/gpu_check.log
+: >"$LOG"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+
 declare -A STATUS
+ORDER=()
 log() { echo "[gpu_check] $*" | tee -a "$LOG"; }
-run_stage() {  # name, command...
-  local name=$1; shift
-  log "---- $name: $*"
+run_stage() {  # name, timeout (s), command...
+  local name=$1 limit=$2; shift 2
+  ORDER+=("$name")
+  log "---- $name (timeout ${limit}s): $*"
   local t0=$SECONDS
-  "$@" 2>&1 | tee -a "$LOG"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && log "---- $name TIMED OUT after ${limit}s"
   STATUS[$name]="rc=$rc ($((SECONDS - t0)) s)"
   log "---- $name finished: ${STATUS[$name]}"
   return "$rc"
 }
-copy_out() {
-  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    cp -f "$LOG" "$OUT/" 2>/dev/null || true
-    for f in "$RESULTS"/gpu_bench.json "$RESULTS"/gpu_bench.md "$RESULTS"/pytest_cuda.xml \
-             "$RESULTS"/sanitizer.log; do
-      [ -f "$f" ] && cp -f "$f" "$OUT/"
-    done
-  fi
+copy_results() {  # GPU-model-tagged copies of what the run produced
+  local tag f base
+  tag=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
+        | tr -c 'A-Za-z0-9\n' '_' | sed 's/_*$//')
+  tag=${tag:-unknown_gpu}
+  for f in "$RESULTS"/gpu_bench.json "$RESULTS"/gpu_bench.md "$RESULTS"/pytest_cuda.xml \
+           "$LOGDIR"/sanitizer.log "$LOGDIR"/ptxas.txt "$LOG"; do
+    [ -f "$f" ] || continue
+    base=$(basename "$f"); base="${base%.*}_${tag}.${base##*.}"
+    cp -f "$f" "$RESULTS/$base" 2>/dev/null || true
+    [ -n "${OUT:-}" ] && cp -f "$f" "$OUT/$base" 2>/dev/null || true
+  done
 }
-trap copy_out EXIT
+trap copy_results EXIT
 
-log "host: $(hostname) $(uname -m); $(date -u)"
+log "host: $(hostname) $(uname -m); $(date -u); full=$FULL"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
 
-# CUDA toolkit: prefer an explicit CUDA_HOME, else the nvcc on PATH, else the usual places.
-if [ -z "${CUDA_HOME:-}" ]; then
-  if command -v nvcc >/dev/null 2>&1; then
-    CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
-  else
-    for c in /usr/local/cuda-13.0 /usr/local/cuda; do [ -x "$c/bin/nvcc" ] && CUDA_HOME=$c && break; done
-  fi
+# CUDA toolkit: one place decides (csrc/find_cuda_home.py); fail fast without one
+if ! CUDA_HOME=$($PY csrc/find_cuda_home.py 2> >(tee -a "$LOG" >&2)); then
+  log "FAILED: no usable CUDA toolkit (see above); set CUDA_HOME"
+  exit 1
 fi
-if [ -n "${CUDA_HOME:-}" ]; then
-  export CUDA_HOME
-  export PATH=$CUDA_HOME/bin:$PATH
-else
-  unset CUDA_HOME
-fi
-log "CUDA_HOME=${CUDA_HOME:-<unset>} nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+export CUDA_HOME PATH=$CUDA_HOME/bin:$PATH
+log "CUDA_HOME=$CUDA_HOME ($(nvcc --version 2>/dev/null | tail -1))"
 
-# ---------------------------------------------------------------- 1. build
+# ---------------------------------------------------------------- build
 if want build; then
-  run_stage build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} \
-    "$PY" setup.py build_ext --inplace
-  $PY - <<'EOF' 2>&1 | tee -a "$LOG"
-import torch, pyg_implicit.ops as ops
-print("pyg_implicit._C loaded:", ops.is_available(), ops.unavailable_reason())
-for key in ("CPU", "CUDA"):
-    print(key, "kernel:", torch._C._dispatch_has_kernel_for_dispatch_key(
-        "pyg_implicit::point_conv_forward", key))
-EOF
+  run_stage build "${T_BUILD:-420}" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \
+    PYG_IMPLICIT_PTXAS_VERBOSE=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace
+  grep -aE "ptxas info|bytes stack frame|spill" "$LOG" >"$LOGDIR/ptxas.txt" || true
 fi
 
-# ---------------------------------------------------------------- 2. tests
+# ---------------------------------------------------------------- smoke (no escnn)
+if want smoke; then
+  run_stage smoke "${T_SMOKE:-120}" "$PY" - <<'PYEOF'
+import sys, torch
+import pyg_implicit.ops as ops
+print("pyg_implicit._C loaded:", ops.is_available(), ops.unavailable_reason())
+has = {k: torch._C._dispatch_has_kernel_for_dispatch_key("pyg_implicit::point_conv_forward", k)
+       for k in ("CPU", "CUDA")} if ops.is_available() else {}
+print("kernels:", has)
+assert "escnn" not in sys.modules, "the fused path imported escnn"
+if not (ops.is_available() and has.get("CUDA") and torch.cuda.is_available()):
+    sys.exit("smoke: no CUDA kernels or no GPU")
+sys.path.insert(0, "tests")
+from test_cuda_point_conv import make_problem, run_fused
+x, ps, pd, ea, ei, plan = make_problem(n_src=30, n_dst=20, avg_deg=4, big_degree=50)
+g = torch.randn(pd.shape[0], plan.out_channels, dtype=torch.float64)
+out_c, _ = run_fused(x, ps, pd, ea, ei, plan, torch.float64, "cpu", g)
+out_g, _ = run_fused(x, ps, pd, ea, ei, plan, torch.float64, "cuda", g)
+torch.cuda.synchronize()
+err = float((out_g.cpu() - out_c).norm() / out_c.norm())
+print(f"smoke: CUDA vs CPU forward relative error {err:.2e}")
+sys.exit(0 if err <= 1e-10 else 1)
+PYEOF
+fi
+
+# ---------------------------------------------------------------- tests
 if want test; then
   # the CUDA kernels must run: their tests fail instead of skipping when the GPU
   # or the CUDA build is missing (tests/conftest.py); fused_cpu for the comparison
-  run_stage test env PYG_IMPLICIT_REQUIRE=cuda,fused_cpu "$PY" -m pytest -q -rs \
-    tests/test_cuda_point_conv.py --junitxml="$RESULTS/pytest_cuda.xml" ${PYTEST_ARGS:-}
+  run_stage test "${T_TEST:-300}" env PYG_IMPLICIT_REQUIRE=cuda,fused_cpu "$PY" -m pytest \
+    -q -rs -p no:cacheprovider tests/test_cuda_point_conv.py \
+    --junitxml="$RESULTS/pytest_cuda.xml" ${PYTEST_ARGS:-}
   TALLY=$(grep -a "tests per backend" "$LOG" | tail -1)
   log "${TALLY:-tests per backend: (no summary line: pytest did not finish)}"
 fi
 
-# ---------------------------------------------------------------- 3. sanitizer
+# ---------------------------------------------------------------- sanitizer
 if want sanitize; then
   CASE=$(mktemp /tmp/pyg_implicit_sanitize_XXXX.py)
-  cat >"$CASE" <<'EOF'
+  cat >"$CASE" <<'PYEOF'
 # Small fused forward+backward (float32 and float64) for compute-sanitizer:
 # degree-0 targets, one target with several edge tiles, edge attributes,
 # Fourier and pointwise layers, several row chunks.
@@ -118,31 +152,39 @@ for dtype in (torch.float32, torch.float64):
     torch.cuda.synchronize()
     assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in grads if t is not None)
 print("sanitize case done")
-EOF
+PYEOF
   if command -v compute-sanitizer >/dev/null 2>&1; then
-    : >"$RESULTS/sanitizer.log"
-    for tool in memcheck racecheck synccheck; do
-      run_stage "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-        --target-processes all "$PY" "$CASE"
-      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Device not supported|sanitize case done" "$LOG" \
-        | tail -3 >>"$RESULTS/sanitizer.log"
+    : >"$LOGDIR/sanitizer.log"
+    TOOLS=(memcheck)
+    [ "$FULL" = 1 ] && TOOLS+=(racecheck synccheck)
+    for tool in "${TOOLS[@]}"; do
+      run_stage "sanitize-$tool" "${T_SANITIZE:-240}" compute-sanitizer --tool "$tool" \
+        --error-exitcode 1 --target-processes all "$PY" "$CASE"
+      grep -aE "ERROR SUMMARY|RACECHECK SUMMARY|Device not supported|sanitize case done" "$LOG" \
+        | tail -3 >>"$LOGDIR/sanitizer.log"
     done
   else
     log "compute-sanitizer not found; skipped"
-    STATUS[sanitize]="skipped (no compute-sanitizer)"
+    STATUS[sanitize]="skipped (no compute-sanitizer)"; ORDER+=(sanitize)
   fi
   rm -f "$CASE"
 fi
 
-# ---------------------------------------------------------------- 4. benchmark
+# ---------------------------------------------------------------- benchmark
 if want bench; then
-  run_stage bench "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-}
+  if [ "$FULL" = 1 ]; then
+    DEFAULT_BENCH="--configs M,L,2D"
+  else
+    DEFAULT_BENCH="--configs M,L --unfused-configs M --no-max-e --no-te-sweep --reps 5"
+  fi
+  # shellcheck disable=SC2086
+  run_stage bench "${T_BENCH:-240}" "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-$DEFAULT_BENCH}
 fi
 
 log "==== summary"
-for k in "${!STATUS[@]}"; do log "$k: ${STATUS[$k]}"; done
+for k in "${ORDER[@]}"; do log "$k: ${STATUS[$k]}"; done
 [ -n "${TALLY:-}" ] && log "$TALLY"
-[ -f "$RESULTS/gpu_bench.md" ] && want bench && cat "$RESULTS/gpu_bench.md"
+[ -f "$RESULTS/gpu_bench.md" ] && want bench && cat "$RESULTS/gpu_bench.md" | tee -a "$LOG"
 FAIL=0
-for k in "${!STATUS[@]}"; do case ${STATUS[$k]} in rc=0*|skipped*) ;; *) FAIL=1 ;; esac; done
+for k in "${ORDER[@]}"; do case ${STATUS[$k]} in rc=0*|skipped*) ;; *) FAIL=1 ;; esac; done
 exit $FAIL
