@@ -484,14 +484,22 @@ def _op_args(x, ps, pd, ea, ei, plan):
     return args, csr
 
 
+def _detached(args):
+    """The op arguments with every tensor (also inside tensor lists) detached."""
+    def det(a):
+        if isinstance(a, torch.Tensor):
+            return a.detach()
+        if isinstance(a, list) and a and isinstance(a[0], torch.Tensor):
+            return [t.detach() for t in a]
+        return a
+    return [det(a) for a in args]
+
+
 def test_opcheck_forward():
     args, _ = _op_args(*_small_problem())
     torch.library.opcheck(OPS.point_conv_forward.default, args)
     # and without gradients
-    args = tuple(a.detach() if isinstance(a, torch.Tensor) else
-                 ([t.detach() for t in a] if isinstance(a, list) and a and
-                  isinstance(a[0], torch.Tensor) else a) for a in args)
-    torch.library.opcheck(OPS.point_conv_forward.default, args)
+    torch.library.opcheck(OPS.point_conv_forward.default, tuple(_detached(args)))
 
 
 @pytest.mark.parametrize("mask", [[True] * 10,
@@ -500,10 +508,7 @@ def test_opcheck_forward():
 def test_opcheck_backward(mask):
     x, ps, pd, ea, ei, plan = _small_problem()
     args, csr = _op_args(x, ps, pd, ea, ei, plan)
-    det = lambda a: a.detach() if isinstance(a, torch.Tensor) else (  # noqa: E731
-        [t.detach() for t in a] if isinstance(a, list) and a and
-        isinstance(a[0], torch.Tensor) else a)
-    args = [det(a) for a in args]
+    args = _detached(args)
     grad_out = torch.randn(4, 3, dtype=torch.float64)
     bargs = (grad_out, *args[:6], csr.csc_rowptr, csr.csc_perm, *args[6:], mask)
     torch.library.opcheck(OPS.point_conv_backward.default, bargs)
@@ -521,10 +526,7 @@ def test_backward_op_matches_reference_and_masks():
     materialised reference (an independent oracle), with every output mask."""
     x, ps, pd, ea, ei, plan = _small_problem()
     args, csr = _op_args(x, ps, pd, ea, ei, plan)
-    det = lambda a: a.detach() if isinstance(a, torch.Tensor) else (  # noqa: E731
-        [t.detach() for t in a] if isinstance(a, list) and a and
-        isinstance(a[0], torch.Tensor) else a)
-    dargs = [det(a) for a in args]
+    dargs = _detached(args)
     R = torch.randn(pd.shape[0], plan.out_channels, dtype=torch.float64)
     # the oracle: autograd through the reference, edge attributes in CSR order
     ref = reference_conv(x, ps, pd, ea, ei, plan)
