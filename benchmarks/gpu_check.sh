@@ -7,8 +7,10 @@
 # torch-scatter or torch-cluster needed). Stages, each under its own timeout, in
 # this order (estimated minutes on an H100/H200 with 16 cores; not yet measured):
 #   build     ~3   pyg_implicit._C in place, FORCE_CUDA=1, sm_90, ptxas -v report
-#   smoke     <1   CUDA kernels registered; a tiny forward on CUDA == the CPU kernels
-#   test      ~1.5 tests/test_cuda_point_conv.py, backends cuda + fused_cpu required
+#   smoke     <1   CUDA kernels registered; a tiny forward on CUDA == the CPU kernels;
+#                  the launch report (edge tile, shared memory, blocks/SM, grid, chunks)
+#   test      ~2   tests/test_fused_op.py on the cuda backend (and the 300k-edge CUDA vs
+#                  CPU cross-check), backends cuda + fused_cpu required
 #   sanitize  ~1   compute-sanitizer memcheck on a small case (--full: + racecheck, synccheck)
 #   bench     ~2   bench_gpu.py: configurations M and L, reference/factorized at M only,
 #                  5 repetitions (--full: all configurations, max-E search, edge-tile sweep)
@@ -98,7 +100,7 @@ fi
 
 # ---------------------------------------------------------------- smoke (no escnn)
 if want smoke; then
-  run_stage smoke "${T_SMOKE:-120}" "$PY" - <<'PYEOF'
+  run_stage smoke "${T_SMOKE:-120}" env PYG_IMPLICIT_CUDA_REPORT=1 "$PY" - <<'PYEOF'
 import sys, torch
 import pyg_implicit.ops as ops
 print("pyg_implicit._C loaded:", ops.is_available(), ops.unavailable_reason())
@@ -109,13 +111,13 @@ assert "escnn" not in sys.modules, "the fused path imported escnn"
 if not (ops.is_available() and has.get("CUDA") and torch.cuda.is_available()):
     sys.exit("smoke: no CUDA kernels or no GPU")
 sys.path.insert(0, "tests")
-from test_cuda_point_conv import make_problem, run_fused
-x, ps, pd, ea, ei, plan = make_problem(n_src=30, n_dst=20, avg_deg=4, big_degree=50)
-g = torch.randn(pd.shape[0], plan.out_channels, dtype=torch.float64)
-out_c, _ = run_fused(x, ps, pd, ea, ei, plan, torch.float64, "cpu", g)
-out_g, _ = run_fused(x, ps, pd, ea, ei, plan, torch.float64, "cuda", g)
+from op_cases import fused_with_grads, random_problem
+prob = random_problem(n_src=30, n_dst=20, num_edges=80, hub_degree=50)
+g = torch.randn(20, prob[5].out_channels, dtype=torch.float64)
+out_c = fused_with_grads(prob, "cpu", g)[0]
+out_g = fused_with_grads(prob, "cuda", g)[0]
 torch.cuda.synchronize()
-err = float((out_g.cpu() - out_c).norm() / out_c.norm())
+err = float((out_g - out_c).norm() / out_c.norm())
 print(f"smoke: CUDA vs CPU forward relative error {err:.2e}")
 sys.exit(0 if err <= 1e-10 else 1)
 PYEOF
@@ -126,7 +128,7 @@ if want test; then
   # the CUDA kernels must run: their tests fail instead of skipping when the GPU
   # or the CUDA build is missing (tests/conftest.py); fused_cpu for the comparison
   run_stage test "${T_TEST:-300}" env PYG_IMPLICIT_REQUIRE=cuda,fused_cpu "$PY" -m pytest \
-    -q -rs -p no:cacheprovider tests/test_cuda_point_conv.py \
+    -q -rs -p no:cacheprovider tests/test_fused_op.py -k "not fused_cpu and not cuda_emulated" \
     --junitxml="$RESULTS/pytest_cuda.xml" ${PYTEST_ARGS:-}
   TALLY=$(grep -a "tests per backend" "$LOG" | tail -1)
   log "${TALLY:-tests per backend: (no summary line: pytest did not finish)}"
@@ -142,15 +144,15 @@ if want sanitize; then
 import os, sys
 import torch
 sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "tests")]
-from test_cuda_point_conv import make_problem, run_fused, SPEC_3D
+from op_cases import fused_with_grads, random_problem
 os.environ["PYG_IMPLICIT_CUDA_WS_MB"] = "1"
 for dtype in (torch.float32, torch.float64):
-    x, ps, pd, ea, ei, plan = make_problem(n_src=20, n_dst=15, avg_deg=3, spec=SPEC_3D,
-                                           big_degree=40, n_isolated=2, c_in=48)
-    g = torch.randn(pd.shape[0], plan.out_channels, dtype=torch.float64)
-    out, grads = run_fused(x, ps, pd, ea, ei, plan, dtype, "cuda", g)
+    prob = random_problem(n_src=20, n_dst=15, num_edges=45, hub_degree=40, n_isolated=2,
+                          c_in=48)
+    g = torch.randn(15, prob[5].out_channels, dtype=torch.float64)
+    res = fused_with_grads(prob, "cuda", g, dtype)
     torch.cuda.synchronize()
-    assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in grads if t is not None)
+    assert all(torch.isfinite(t).all() for t in res if t is not None)
 print("sanitize case done")
 PYEOF
   if command -v compute-sanitizer >/dev/null 2>&1; then

@@ -46,10 +46,11 @@ void check_index(const at::Tensor& t, const char* op, const char* name,
 ConvDims check_point_conv_inputs(
     const char* op, const at::Tensor& x_src, const at::Tensor& pos_src,
     const at::Tensor& pos_dst, const at::Tensor& edge_attr,
-    const at::Tensor& rowptr, const at::Tensor& col, at::TensorList weights,
-    at::TensorList biases, at::TensorList samplers, at::TensorList projectors,
-    at::IntArrayRef activations, const at::Tensor& width,
-    const at::Tensor& Wt) {
+    const at::Tensor& rowptr, const at::Tensor& col,
+    const at::Tensor& csc_rowptr, const at::Tensor& csc_perm,
+    at::TensorList weights, at::TensorList biases, at::TensorList samplers,
+    at::TensorList projectors, at::IntArrayRef activations,
+    const at::Tensor& width, const at::Tensor& Wt) {
   check_defined(x_src, op, "x_src");
   const auto dtype = x_src.scalar_type();
   const auto device = x_src.device();
@@ -66,6 +67,8 @@ ConvDims check_point_conv_inputs(
   check_float(Wt, op, "Wt", dtype, device);
   check_index(rowptr, op, "rowptr", device);
   check_index(col, op, "col", device);
+  check_index(csc_rowptr, op, "csc_rowptr", device);
+  check_index(csc_perm, op, "csc_perm", device);
 
   ConvDims dims;
   dims.n_src = x_src.size(0);
@@ -87,6 +90,12 @@ ConvDims check_point_conv_inputs(
               ": edge_attr must be [E, A] with E = ", dims.num_edges,
               " (col entries), got ", edge_attr.sizes());
   dims.attr = edge_attr.size(1);
+  TORCH_CHECK(csc_rowptr.size(0) == dims.n_src + 1, op,
+              ": csc_rowptr must have N_src + 1 = ", dims.n_src + 1,
+              " entries, got ", csc_rowptr.size(0));
+  TORCH_CHECK(csc_perm.size(0) == dims.num_edges, op,
+              ": csc_perm must have E = ", dims.num_edges, " entries, got ",
+              csc_perm.size(0));
 
   const int64_t L = static_cast<int64_t>(weights.size());
   TORCH_CHECK(static_cast<int64_t>(biases.size()) == L &&
@@ -115,8 +124,9 @@ ConvDims check_point_conv_inputs(
     TORCH_CHECK(biases[l].dim() == 1 && biases[l].size(0) == ld.pre, op, ": ",
                 bl, " must be [", ld.pre, "], got ", biases[l].sizes());
     ld.act = activations[l];
-    TORCH_CHECK(ld.act >= 0 && ld.act < kNumActivations, op,
-                ": unknown activation code ", ld.act, " in layer ", l);
+    TORCH_CHECK(is_activation_code(ld.act), op, ": activations[", l, "] = ",
+                ld.act, " is not an activation code (0 .. ",
+                kNumActivations - 1, ", pyg_implicit.plan.ACTIVATIONS)");
     if (samplers[l].numel() == 0) {
       TORCH_CHECK(projectors[l].numel() == 0, op, ": ", pl,
                   " must be empty when ", ql, " is empty (pointwise layer)");
@@ -155,8 +165,6 @@ ConvDims check_point_conv_inputs(
 void check_point_conv_backward_inputs(const ConvDims& dims,
                                       const at::Tensor& grad_out,
                                       const at::Tensor& x_src,
-                                      const at::Tensor& csc_rowptr,
-                                      const at::Tensor& csc_perm,
                                       const c10::List<bool>& output_mask) {
   const char* op = "point_conv_backward";
   check_float(grad_out, op, "grad_out", x_src.scalar_type(), x_src.device());
@@ -164,14 +172,6 @@ void check_point_conv_backward_inputs(const ConvDims& dims,
                   grad_out.size(1) == dims.c_out,
               op, ": grad_out must be [N_dst, C_out] = [", dims.n_dst, ", ",
               dims.c_out, "], got ", grad_out.sizes());
-  check_index(csc_rowptr, op, "csc_rowptr", x_src.device());
-  check_index(csc_perm, op, "csc_perm", x_src.device());
-  TORCH_CHECK(csc_rowptr.size(0) == dims.n_src + 1, op,
-              ": csc_rowptr must have N_src + 1 = ", dims.n_src + 1,
-              " entries, got ", csc_rowptr.size(0));
-  TORCH_CHECK(csc_perm.size(0) == dims.num_edges, op,
-              ": csc_perm must have E = ", dims.num_edges, " entries, got ",
-              csc_perm.size(0));
   TORCH_CHECK(static_cast<int64_t>(output_mask.size()) == kNumGradGroups, op,
               ": output_mask must have ", kNumGradGroups, " entries, got ",
               output_mask.size());
@@ -210,7 +210,7 @@ void check_csr_values_cpu(const ConvDims& dims, const at::Tensor& rowptr,
 
 void check_csc_values_cpu(const ConvDims& dims, const at::Tensor& csc_rowptr,
                           const at::Tensor& csc_perm) {
-  check_ptr_values("point_conv_backward", "csc_rowptr", "csc_perm", csc_rowptr,
+  check_ptr_values("point_conv", "csc_rowptr", "csc_perm", csc_rowptr,
                    csc_perm, dims.n_src, dims.num_edges, "E");
 }
 
@@ -219,9 +219,10 @@ void check_csc_values_cpu(const ConvDims& dims, const at::Tensor& csc_rowptr,
 TORCH_LIBRARY(pyg_implicit, m) {
   m.def(
       "point_conv_forward(Tensor x_src, Tensor pos_src, Tensor pos_dst, "
-      "Tensor edge_attr, Tensor rowptr, Tensor col, Tensor[] weights, "
-      "Tensor[] biases, Tensor[] samplers, Tensor[] projectors, "
-      "int[] activations, Tensor width, Tensor Wt) -> Tensor");
+      "Tensor edge_attr, Tensor rowptr, Tensor col, Tensor csc_rowptr, "
+      "Tensor csc_perm, Tensor[] weights, Tensor[] biases, Tensor[] samplers, "
+      "Tensor[] projectors, int[] activations, Tensor width, Tensor Wt) "
+      "-> Tensor");
   m.def(
       "point_conv_backward(Tensor grad_out, Tensor x_src, Tensor pos_src, "
       "Tensor pos_dst, Tensor edge_attr, Tensor rowptr, Tensor col, "

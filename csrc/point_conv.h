@@ -1,7 +1,9 @@
-// Shared declarations of the fused point-convolution ops (schema in
-// point_conv.cpp, contract in docs/fused_op_spec.md).  Every backend
-// (csrc/cpu, csrc/cuda) validates its inputs with check_point_conv_inputs()
-// before touching any pointer.
+// Host-side declarations of the fused point-convolution ops (schema and
+// checks in point_conv.cpp, contract in docs/fused_op_spec.md, what the
+// backends share in plan_contract.h).  Every backend's entry point calls
+// check_point_conv_inputs() (and, for the backward,
+// check_point_conv_backward_inputs()) first and checks nothing else but what
+// is specific to it (its device, its own limits); kernels are check-free.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,30 +12,9 @@
 #include <tuple>
 #include <vector>
 
+#include "plan_contract.h"
+
 namespace pyg_implicit {
-
-// Activation codes (pyg_implicit.plan.ACTIVATIONS).
-enum ActivationCode : int64_t {
-  kElu = 0,
-  kRelu = 1,
-  kSilu = 2,
-  kTanh = 3,
-  kSigmoid = 4,
-};
-constexpr int64_t kNumActivations = 5;
-
-// Sizes of one plan layer l (z = W u + b, then the activation).
-struct LayerDims {
-  int64_t in = 0;       // H_{l-1}: columns of W
-  int64_t pre = 0;      // H'_l: rows of W (length of z)
-  int64_t out = 0;      // H_l: length of u_l
-  bool fourier = false; // sampler/projector present
-  int64_t fields = 0;   // M_l (Fourier only): z viewed as [M, F]
-  int64_t F = 0;        // sampler columns
-  int64_t G = 0;        // grid samples (sampler rows)
-  int64_t Fp = 0;       // projector rows
-  int64_t act = 0;      // activation code
-};
 
 // All sizes of one call, as validated by check_point_conv_inputs().
 struct ConvDims {
@@ -50,16 +31,16 @@ struct ConvDims {
 ConvDims check_point_conv_inputs(
     const char* op, const at::Tensor& x_src, const at::Tensor& pos_src,
     const at::Tensor& pos_dst, const at::Tensor& edge_attr,
-    const at::Tensor& rowptr, const at::Tensor& col, at::TensorList weights,
-    at::TensorList biases, at::TensorList samplers, at::TensorList projectors,
-    at::IntArrayRef activations, const at::Tensor& width, const at::Tensor& Wt);
+    const at::Tensor& rowptr, const at::Tensor& col,
+    const at::Tensor& csc_rowptr, const at::Tensor& csc_perm,
+    at::TensorList weights, at::TensorList biases, at::TensorList samplers,
+    at::TensorList projectors, at::IntArrayRef activations,
+    const at::Tensor& width, const at::Tensor& Wt);
 
-// Extra checks of the backward op (grad_out, CSC arrays, output_mask).
+// Extra checks of the backward op (grad_out, output_mask).
 void check_point_conv_backward_inputs(const ConvDims& dims,
                                       const at::Tensor& grad_out,
                                       const at::Tensor& x_src,
-                                      const at::Tensor& csc_rowptr,
-                                      const at::Tensor& csc_perm,
                                       const c10::List<bool>& output_mask);
 
 // Value checks of the CSR (and optionally CSC) index arrays; reads host
@@ -76,7 +57,11 @@ using BackwardResult =
                std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor,
                at::Tensor>;
 
-// Number of bools in output_mask (one per output group of the backward op).
-constexpr int64_t kNumGradGroups = 10;
+// output_mask of the backward op as a GradRequest (length checked before).
+inline GradRequest grad_request(const c10::List<bool>& output_mask) {
+  GradRequest r;
+  for (int k = 0; k < kNumGradGroups; ++k) r.want[k] = output_mask.get(k);
+  return r;
+}
 
 }  // namespace pyg_implicit

@@ -6,8 +6,10 @@ compiled backends that cannot pass by skipping (see ``backends.py``).
   unavailable, and a required backend that ran no test fails the session.
   ``.ci/run``, ``benchmarks/gpu_check.sh`` and the CUDA emulation set it.
 - ``HYPOTHESIS_PROFILE``: ``ci`` (default: derandomised, 50 examples per
-  property, the same on every run and machine) or ``explore`` (random, 500
-  examples, failures kept in ``.hypothesis/``).
+  property, the same on every run and machine), ``quick`` (derandomised, 6
+  examples: the CUDA emulation and the GPU check) or ``explore`` (random, 500
+  examples, failures kept in ``.hypothesis/``). Without Hypothesis (the GPU
+  image) the property tests run their pinned examples only.
 - Every test starts from seed 0 of torch, numpy and ``random``.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ try:  # escnn's group sampling draws from numpy's global generator
 except ImportError:  # pragma: no cover - a minimal GPU image
     np = None
 
-try:  # absent on the GPU image, whose tests (test_cuda_point_conv.py) do not use it
+try:  # absent on the GPU image (tests/test_fused_op.py then runs pinned examples)
     from hypothesis import HealthCheck, settings
 except ImportError:  # pragma: no cover
     settings = None
@@ -38,6 +40,10 @@ if settings is not None:
                               suppress_health_check=_SLOW_OK)
     settings.register_profile("explore", derandomize=False, deadline=None,
                               max_examples=500, print_blob=True,
+                              suppress_health_check=_SLOW_OK)
+    # the CUDA source emulated on CPU threads, or a GPU run with little time
+    settings.register_profile("quick", derandomize=True, database=None, deadline=None,
+                              max_examples=6, print_blob=True,
                               suppress_health_check=_SLOW_OK)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -1,4 +1,4 @@
-"""Reusable test helpers: groups, field types and random graphs."""
+"""Reusable test helpers of the layer tests: groups, field types and random graphs."""
 from __future__ import annotations
 
 import functools
@@ -6,6 +6,8 @@ import functools
 import torch
 from escnn import gspaces
 from escnn import nn as enn
+
+from op_cases import random_edge_index
 
 # name -> (gspace factory, kernel kwargs that make equivariance exact on known elements)
 GROUPS = {
@@ -52,14 +54,12 @@ def field_types(name: str, mixed: bool = True):
 
 def random_graph(num_src: int, num_dst: int, num_edges: int, seed: int = 0,
                  dtype=torch.float64, pos_dim: int = 3, self_loops: bool = True):
-    """Random positions and an unsorted edge_index with duplicates (and self-loops)."""
+    """Random positions and an unsorted edge_index (op_cases.random_edge_index)
+    with self-loops and duplicated edges when ``self_loops`` and the graph is
+    not bipartite (``num_src == num_dst``)."""
     gen = torch.Generator().manual_seed(seed)
     pos_src = torch.randn(num_src, pos_dim, generator=gen, dtype=dtype)
     pos_dst = torch.randn(num_dst, pos_dim, generator=gen, dtype=dtype)
-    src = torch.randint(0, num_src, (num_edges,), generator=gen)
-    dst = torch.randint(0, num_dst, (num_edges,), generator=gen)
-    if num_edges >= 4:
-        src[1], dst[1] = src[0], dst[0]  # a duplicate edge
-        if self_loops and num_src == num_dst:
-            dst[2] = src[2]  # a self-loop
-    return pos_src, pos_dst, torch.stack([src, dst])
+    edge_index = random_edge_index(num_src, num_dst, num_edges, seed,
+                                   self_loops=self_loops and num_src == num_dst)
+    return pos_src, pos_dst, edge_index

@@ -1,11 +1,21 @@
-"""Tests of the fused C++ point convolution (torch.ops.pyg_implicit.*), CPU kernels.
+"""The fused point convolution (torch.ops.pyg_implicit.*) on every backend.
 
-The oracle is the materialised reference of pyg_implicit.plan, in float64:
-out_i = sum_{e=(j->i)} edge_kernels(plan, pos_src[j] - pos_dst[i], a_e) @ x_src[j].
-Every output and gradient is compared as a whole and row by row
-(tests/compare.py): float64 within 1e-10, float32 within 1e-5 (rows 1e-3),
-fixed bounds; the oracle sees the same float32-rounded inputs, so only the
-arithmetic differs.
+One file for every backend of the op, parametrised over device x dtype
+(``op_cases.TARGETS``): the CPU kernels (``fused_cpu``), the CUDA kernels on a
+GPU (``cuda``), and the CUDA source built for CPU threads by
+``csrc/cuda/emulate_on_cpu.py`` (``cuda_emulated``). An unavailable backend
+skips, or fails where ``PYG_IMPLICIT_REQUIRE`` lists it (conftest.py).
+
+The oracle is the materialised reference (``op_cases.reference_conv``) in
+float64 on the CPU: out_i = sum_{e=(j->i)} edge_kernels(plan, pos_src[j] -
+pos_dst[i], a_e) @ x_src[j]. Every output and gradient is compared as a whole
+and row by row (tests/compare.py): float64 within 1e-10, float32 within 1e-5
+(rows 1e-3), fixed bounds; the oracle sees the same float32-rounded inputs, so
+only the arithmetic differs. TF32 is off for these tests (the CUDA backend's
+node-level GEMMs go through cuBLAS).
+
+Needs no escnn (the GPU image has none). Without Hypothesis the property
+tests run their pinned examples only.
 """
 import dataclasses
 import json
@@ -15,99 +25,56 @@ import sys
 
 import pytest
 import torch
-from hypothesis import example, given
-from hypothesis import strategies as st
 
-from compare import ROW_TOL, TOL, assert_rows_close
-from pyg_implicit.plan import ACTIVATIONS, KernelPlan, edge_kernels
+import backends
+from compare import ROW_TOL, TOL, assert_rows_close, relative_error
+from op_cases import (SPEC_2D, SPEC_ALL_ACTS, SPEC_SMOOTH, TARGETS, fused_with_grads,
+                      gradient_names, octahedral_invariant_plan, on_cuda_source, on_every_backend,
+                      plan_from_tensors, random_edge_index, random_plan, random_problem,
+                      reference_conv)
+from pyg_implicit.plan import KernelPlan
 from pyg_implicit.ops import CSRGraph, build_csr, fused_point_conv
 
-pytestmark = pytest.mark.backend("fused_cpu")
+try:
+    from hypothesis import example, given
+    from hypothesis import strategies as st
+except ImportError:  # the GPU image
+    given = None
 
 OPS = torch.ops.pyg_implicit
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32],
+                                 ids=["float64", "float32"])
+on_cpu_kernels = pytest.mark.parametrize("device", TARGETS[:1])
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    if not torch.cuda.is_available():
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------
-# helpers
+# fused (on a device) vs the float64 oracle (on the CPU)
 # --------------------------------------------------------------------------
 
-def make_plan(dtype=torch.float64, d=3, attr=0, c_in=3, c_out=4, seed=0,
-              layers=(("fourier", "elu", 3, 4, 7, 4), ("pointwise", "silu", 10),
-                      ("fourier", "tanh", 2, 3, 5, 2)),
-              width=0.7, requires_grad=False):
-    """A random plan.  A Fourier layer is (kind, act, fields M, F, G, F'),
-    a pointwise one (kind, act, H')."""
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-                                 * scale).to(dtype)
-    weights, biases, samplers, projectors, acts = [], [], [], [], []
-    h = d + attr
-    for spec in layers:
-        if spec[0] == "fourier":
-            _, act, M, F, G, Fp = spec
-            pre = M * F
-            weights.append(rnd(pre, h, scale=h ** -0.5))
-            samplers.append(rnd(G, F, scale=F ** -0.5))
-            projectors.append(rnd(Fp, G, scale=G ** -0.5))
-            h = M * Fp
-        else:
-            _, act, pre = spec
-            weights.append(rnd(pre, h, scale=h ** -0.5))
-            samplers.append(torch.empty(0, dtype=dtype))
-            projectors.append(torch.empty(0, dtype=dtype))
-            h = pre
-        biases.append(rnd(weights[-1].shape[0], scale=0.5))
-        acts.append(ACTIVATIONS[act])
-    Wt = rnd(c_out, (h + 1) * c_in, scale=((h + 1) * c_in) ** -0.5)
-    plan = KernelPlan(weights, biases, samplers, projectors, acts,
-                      torch.tensor(width, dtype=dtype), Wt, d, attr, c_in, c_out)
-    if requires_grad:
-        for t in plan.tensors():
-            t.requires_grad_(True)
-    return plan
-
-
-def reference_conv(x_src, pos_src, pos_dst, edge_attr, edge_index, plan):
-    j, i = edge_index[0].long(), edge_index[1].long()
-    if j.numel() == 0:  # plan.apply_activation cannot reshape E = 0 batches
-        return x_src.new_zeros(pos_dst.shape[0], plan.out_channels)
-    vec = pos_src[j] - pos_dst[i]
-    K = edge_kernels(plan, vec, edge_attr)  # [E, C_out, C_in]
-    msg = torch.bmm(K, x_src[j].unsqueeze(-1)).squeeze(-1)
-    out = x_src.new_zeros(pos_dst.shape[0], plan.out_channels)
-    return out.index_add(0, i, msg)
-
-
-def random_graph(n_src, n_dst, num_edges, seed, self_loops=False, hub=False):
-    """Unsorted random edges; with ``self_loops`` also self-loops and duplicated
-    edges, with ``hub`` a target of in-degree 1000 and a source of out-degree 1000."""
-    g = torch.Generator().manual_seed(seed)
-    if n_src == 0 or n_dst == 0:
-        return torch.zeros(2, 0, dtype=torch.long)
-    src = torch.randint(0, n_src, (num_edges,), generator=g)
-    dst = torch.randint(0, n_dst, (num_edges,), generator=g)
-    ei = torch.stack([src, dst])
-    if self_loops:
-        k = min(n_src, n_dst, max(1, num_edges // 5))
-        loops = torch.arange(k).repeat(2, 1)
-        dup = ei[:, : max(1, num_edges // 7)] if num_edges else loops[:, :1]
-        ei = torch.cat([ei, loops, dup], dim=1)
-    if hub:
-        hub_in = torch.stack([torch.randint(0, n_src, (1000,), generator=g),
-                              torch.zeros(1000, dtype=torch.long)])
-        hub_out = torch.stack([torch.full((1000,), n_src - 1),
-                               torch.randint(0, n_dst, (1000,), generator=g)])
-        ei = torch.cat([ei, hub_in, hub_out], dim=1)
-    return ei[:, torch.randperm(ei.shape[1], generator=g)]
-
-
-def leaf(t, dtype, noncontig):
+def leaf(t, dtype, device, noncontig):
     """A leaf tensor and the (possibly non-contiguous) view fed to the op."""
-    t = t.to(dtype)
+    t = t.to(device=device, dtype=dtype)
     if noncontig:
-        big = torch.zeros(t.shape[0], 2 * t.shape[1] + 1, dtype=dtype)
+        big = torch.zeros(t.shape[0], 2 * t.shape[1] + 1, dtype=dtype, device=device)
         big[:, 1::2] = t
         big.requires_grad_(True)
         return big, big[:, 1::2]
@@ -115,10 +82,11 @@ def leaf(t, dtype, noncontig):
     return t, t
 
 
-def run_both(x, ps, pd, ea, ei, plan, dtype, int32=False, noncontig=False,
+def run_both(x, ps, pd, ea, ei, plan, dtype, device="cpu", int32=False, noncontig=False,
              seed=0):
-    """Forward and all gradients of the fused op (in dtype) and of the float64
-    reference on the same dtype-rounded inputs."""
+    """Forward and all gradients of the fused op (dtype, device) and of the
+    float64 oracle on the CPU, on the same dtype-rounded inputs; results on
+    the CPU."""
     g = torch.Generator().manual_seed(seed + 1)
     n_dst = pd.shape[0]
     R = torch.randn(n_dst, plan.out_channels, generator=g, dtype=torch.float64)
@@ -127,33 +95,35 @@ def run_both(x, ps, pd, ea, ei, plan, dtype, int32=False, noncontig=False,
     plan = plan.to(dtype).to(torch.float64)
     results = []
     for variant in ("fused", "ref"):
-        dt = dtype if variant == "fused" else torch.float64
-        p = plan.to(dt)
+        dt, dev = (dtype, device) if variant == "fused" else (torch.float64, "cpu")
+        p = plan.to(device=dev, dtype=dt)
         for t in p.tensors():
             t.requires_grad_(True)
-        xl, xv = leaf(x, dt, noncontig)
-        psl, psv = leaf(ps, dt, noncontig)
-        pdl, pdv = leaf(pd, dt, noncontig)
+        xl, xv = leaf(x, dt, dev, noncontig)
+        psl, psv = leaf(ps, dt, dev, noncontig)
+        pdl, pdv = leaf(pd, dt, dev, noncontig)
         inputs = [xl, psl, pdl]
         eav = None
         if ea is not None:
-            eal, eav = leaf(ea, dt, noncontig)
+            eal, eav = leaf(ea, dt, dev, noncontig)
             inputs.append(eal)
         if variant == "fused":
             eic = ei.to(torch.int32) if int32 else ei
-            csr = build_csr(eic, x.shape[0], n_dst)
+            csr = build_csr(eic.to(dev), x.shape[0], n_dst)
             out = fused_point_conv(xv, psv, pdv, eav, csr, p)
+            assert out.device.type == torch.device(dev).type and out.dtype == dt
         else:
             out = reference_conv(xv, psv, pdv, eav, ei, p)
         params = p.tensors()
         if out.requires_grad:
-            grads = torch.autograd.grad((out * R.to(dt)).sum(), inputs + params,
-                                        allow_unused=True)
+            grads = torch.autograd.grad((out * R.to(device=dev, dtype=dt)).sum(),
+                                        inputs + params, allow_unused=True)
         else:  # the E = 0 reference
             grads = [None] * len(inputs + params)
-        results.append((out.detach(), [None if gr is None else gr.detach()
-                                       for gr in grads]))
+        results.append((out.detach().cpu(), [None if gr is None else gr.detach().cpu()
+                                             for gr in grads]))
     results.append(dict(num_inputs=len(inputs),
+                        names=gradient_names(plan, ea is not None),
                         width_scale=width_gradient_scale(xv, psv, pdv, eav, ei, p, R)))
     return results
 
@@ -196,38 +166,28 @@ def assert_results_close(results, dtype, what="", tol=None, row_tol=None):
     mlp = range(info["num_inputs"], len(g_f) - 2)
     width, width_scale = len(g_f) - 2, info["width_scale"]
     for k, (a, b) in enumerate(zip(g_f, g_r)):
+        name = f"{what} grad {info['names'][k]}"
         if b is None:  # reference does not depend on it (e.g. E = 0)
-            assert a is None or a.numel() == 0 or a.abs().max().item() == 0, \
-                f"{what} grad {k}"
+            assert a is None or a.numel() == 0 or a.abs().max().item() == 0, name
             continue
-        assert a is not None, f"{what} grad {k} missing"
+        assert a is not None, f"{name} missing"
         if k == width:
             err = abs(float(a) - float(b))
             assert err <= tol * width_scale, \
-                f"{what} width gradient: error {err:.3e} > {tol:g} x {width_scale:.3e}"
+                f"{name}: error {err:.3e} > {tol:g} x {width_scale:.3e}"
         else:
-            check(a, b, f"{what} grad {k}", mlp_row_tol if k in mlp else row_tol)
+            check(a, b, name, mlp_row_tol if k in mlp else row_tol)
+
+
+def check_problem(problem, dtype, device, seed=0, **kw):
+    x, ps, pd, ea, ei, plan = problem
+    assert_results_close(run_both(x, ps, pd, ea, ei, plan, dtype, device, seed=seed, **kw),
+                         dtype)
 
 
 # --------------------------------------------------------------------------
-# fused == reference on random graphs
+# fused == reference on random graphs (Hypothesis), with pinned edge cases
 # --------------------------------------------------------------------------
-
-@st.composite
-def graphs(draw):
-    bipartite = draw(st.booleans())
-    n_src = draw(st.integers(0, 1000))
-    n_dst = draw(st.integers(0, 1000)) if bipartite else n_src
-    # average in-degree from a fixed menu (Hypothesis draws small integers far
-    # more often than large ones: a drawn edge count would keep graphs tiny)
-    deg = draw(st.sampled_from([0, 1, 3, 8, 20, 64]))
-    num_edges = 0 if n_src == 0 or n_dst == 0 else deg * n_dst + draw(st.integers(0, 9))
-    return dict(bipartite=bipartite, n_src=n_src, n_dst=n_dst, num_edges=num_edges,
-                seed=draw(st.integers(0, 2 ** 16)),
-                attr=draw(st.sampled_from([0, 2])),
-                int32=draw(st.booleans()), noncontig=draw(st.booleans()),
-                self_loops=draw(st.booleans()), hub=draw(st.booleans()))
-
 
 def _graph(**kw):
     base = dict(bipartite=False, n_src=40, n_dst=40, num_edges=200, seed=1, attr=2,
@@ -247,25 +207,42 @@ EDGE_CASES = [
     _graph(n_src=1, n_dst=1, num_edges=5, self_loops=True),         # one node, loops only
 ]
 
+#: largest fuzzed node count (the emulated CUDA source runs ~1000x slower)
+MAX_FUZZ_NODES = 120 if backends.emulated() else 1000
 
-def with_edge_cases(test):
-    for case in EDGE_CASES:
-        test = example(gr=case)(test)
-    return test
+if given is not None:
+    @st.composite
+    def graphs(draw):
+        bipartite = draw(st.booleans())
+        n_src = draw(st.integers(0, MAX_FUZZ_NODES))
+        n_dst = draw(st.integers(0, MAX_FUZZ_NODES)) if bipartite else n_src
+        # average in-degree from a fixed menu (Hypothesis draws small integers far
+        # more often than large ones: a drawn edge count would keep graphs tiny)
+        deg = draw(st.sampled_from([0, 1, 3, 8, 20, 64]))
+        num_edges = 0 if n_src == 0 or n_dst == 0 else deg * n_dst + draw(st.integers(0, 9))
+        return dict(bipartite=bipartite, n_src=n_src, n_dst=n_dst, num_edges=num_edges,
+                    seed=draw(st.integers(0, 2 ** 16)),
+                    attr=draw(st.sampled_from([0, 2])),
+                    int32=draw(st.booleans()), noncontig=draw(st.booleans()),
+                    self_loops=draw(st.booleans()), hub=draw(st.booleans()))
+
+    def fuzzed(test):
+        for case in EDGE_CASES:
+            test = example(gr=case)(test)
+        return given(gr=graphs())(test)
+else:
+    def fuzzed(test):
+        return pytest.mark.parametrize("gr", EDGE_CASES)(test)
 
 
-def _has_edges(edge_index):
-    return edge_index.shape[1] > 0
-
-
-def _check_graph(gr, dtype, d=3):
+def _check_graph(gr, dtype, device, d=3):
     g = torch.Generator().manual_seed(gr["seed"])
     n_src, n_dst = gr["n_src"], gr["n_dst"]
-    ei = random_graph(n_src, n_dst, gr["num_edges"], gr["seed"],
-                      self_loops=gr["self_loops"], hub=gr["hub"])
-    if gr["hub"] and _has_edges(ei):
+    ei = random_edge_index(n_src, n_dst, gr["num_edges"], gr["seed"],
+                           self_loops=gr["self_loops"], hub_degree=1000 if gr["hub"] else 0)
+    if gr["hub"] and ei.shape[1]:
         assert int(torch.bincount(ei[1]).max()) >= 1000
-    if gr["self_loops"] and _has_edges(ei):
+    if gr["self_loops"] and ei.shape[1]:
         assert bool((ei[0] == ei[1]).any()) and \
             torch.unique(ei, dim=1).shape[1] < ei.shape[1]
     E = ei.shape[1]
@@ -275,8 +252,8 @@ def _check_graph(gr, dtype, d=3):
                                                    dtype=torch.float64)
     ea = torch.randn(E, gr["attr"], generator=g, dtype=torch.float64) \
         if gr["attr"] else None
-    plan = make_plan(torch.float64, d=d, attr=gr["attr"], seed=gr["seed"])
-    res = run_both(x, ps, pd, ea, ei, plan, dtype, int32=gr["int32"],
+    plan = random_plan(torch.float64, d=d, attr=gr["attr"], seed=gr["seed"])
+    res = run_both(x, ps, pd, ea, ei, plan, dtype, device, int32=gr["int32"],
                    noncontig=gr["noncontig"], seed=gr["seed"])
     # float32 sums of >= 1000 terms of one row (the hub), which cancel in the
     # width and bias gradients, are rounded further: fixed bounds 1e-3 / 1e-2
@@ -286,20 +263,21 @@ def _check_graph(gr, dtype, d=3):
                          row_tol=1e-2 if loose else None)
 
 
-@with_edge_cases
-@given(gr=graphs())
-def test_fused_matches_reference_float64(gr):
-    _check_graph(gr, torch.float64)
+@on_every_backend
+@fuzzed
+def test_fused_matches_reference_float64(device, gr):
+    _check_graph(gr, torch.float64, device)
 
 
-@with_edge_cases
-@given(gr=graphs())
-def test_fused_matches_reference_float32(gr):
-    _check_graph(gr, torch.float32)
+@on_every_backend
+@fuzzed
+def test_fused_matches_reference_float32(device, gr):
+    _check_graph(gr, torch.float32, device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_high_degree_node(dtype):
+@on_every_backend
+@DTYPES
+def test_high_degree_node(device, dtype):
     """One target with >= 1000 incoming edges and one source with >= 1000
     outgoing edges (spans many tiles and several chunks)."""
     g = torch.Generator().manual_seed(7)
@@ -308,85 +286,468 @@ def test_high_degree_node(dtype):
                           torch.full((1200,), 5)])
     hub_out = torch.stack([torch.full((1100,), 11),
                            torch.randint(0, n, (1100,), generator=g)])
-    rest = random_graph(n, n, 400, 3, self_loops=True)
+    rest = random_edge_index(n, n, 400, 3, self_loops=True)
     ei = torch.cat([hub_in, rest, hub_out], dim=1)
     ei = ei[:, torch.randperm(ei.shape[1], generator=g)]
     x = torch.randn(n, 3, generator=g, dtype=torch.float64)
     pos = torch.rand(n, 3, generator=g, dtype=torch.float64)
     ea = torch.randn(ei.shape[1], 2, generator=g, dtype=torch.float64)
-    plan = make_plan(attr=2, seed=3)
-    assert_results_close(run_both(x, pos, pos, ea, ei, plan, dtype), dtype)
+    plan = random_plan(attr=2, seed=3)
+    assert_results_close(run_both(x, pos, pos, ea, ei, plan, dtype, device), dtype)
 
 
-@pytest.mark.parametrize("spec", [
-    dict(d=2, layers=(("fourier", "relu", 4, 3, 6, 3),), act_note="2D relu"),
-    dict(d=3, layers=(("pointwise", "sigmoid", 7), ("fourier", "silu", 2, 5, 9, 5)),
-         act_note="sigmoid + silu"),
-    dict(d=3, layers=(), act_note="no hidden layer"),
-    dict(d=3, layers=(("fourier", "elu", 2, 4, 6, 2), ("fourier", "elu", 3, 4, 8, 4),
-                      ("pointwise", "tanh", 5)), act_note="three layers"),
-])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_plan_variants(spec, dtype):
+PLAN_VARIANTS = {
+    "2d_relu": dict(d=2, layers=(("fourier", "relu", 4, 3, 6, 3),)),
+    "2d_elu_sigmoid": dict(d=2, layers=SPEC_2D),
+    "sigmoid_silu": dict(d=3, layers=(("pointwise", "sigmoid", 7),
+                                      ("fourier", "silu", 2, 5, 9, 5))),
+    "every_activation": dict(d=3, layers=SPEC_ALL_ACTS),
+    "no_hidden_layer": dict(d=3, layers=()),
+    "three_layers": dict(d=3, layers=(("fourier", "elu", 2, 4, 6, 2),
+                                      ("fourier", "elu", 3, 4, 8, 4),
+                                      ("pointwise", "tanh", 5))),
+}
+
+
+@on_every_backend
+@pytest.mark.parametrize("variant", list(PLAN_VARIANTS))
+@DTYPES
+def test_plan_variants(device, variant, dtype):
+    spec = PLAN_VARIANTS[variant]
     g = torch.Generator().manual_seed(11)
     n_src, n_dst, d = 40, 30, spec["d"]
-    ei = random_graph(n_src, n_dst, 300, 5)
+    ei = random_edge_index(n_src, n_dst, 300, 5)
     x = torch.randn(n_src, 3, generator=g, dtype=torch.float64)
     ps = torch.rand(n_src, d, generator=g, dtype=torch.float64)
     pd = torch.rand(n_dst, d, generator=g, dtype=torch.float64)
     ea = torch.randn(ei.shape[1], 1, generator=g, dtype=torch.float64)
-    plan = make_plan(d=d, attr=1, c_in=3, c_out=2, layers=spec["layers"], seed=2)
-    assert_results_close(run_both(x, ps, pd, ea, ei, plan, dtype, noncontig=True), dtype,
-                 what=spec["act_note"])
+    plan = random_plan(d=d, attr=1, c_in=3, c_out=2, layers=spec["layers"], seed=2)
+    assert_results_close(run_both(x, ps, pd, ea, ei, plan, dtype, device, noncontig=True),
+                         dtype, what=variant)
 
 
-def test_empty_graph_and_isolated_nodes():
-    plan = make_plan()
-    x = torch.randn(5, 3, dtype=torch.float64)
-    pos = torch.rand(5, 3, dtype=torch.float64)
-    csr = build_csr(torch.zeros(2, 0, dtype=torch.long), 5, 5)
-    out = fused_point_conv(x, pos, pos, None, csr, plan)
+@on_every_backend
+def test_bipartite_with_isolated_targets_and_a_hub(device):
+    """Bipartite graph, degree-0 targets, a target of in-degree 1100, every
+    activation; float64 and float32."""
+    prob = random_problem(d=3, attr=1, c_in=3, c_out=7, n_src=40, n_dst=23, num_edges=140,
+                          layers=SPEC_ALL_ACTS, seed=3, hub_degree=1100)
+    check_problem(prob, torch.float64, device, seed=3)
+    check_problem(prob, torch.float32, device, seed=3)
+
+
+@on_every_backend
+def test_fifty_thousand_edges(device):
+    """A graph of >= 50k edges (many tiles, rows and, on the CUDA source, many
+    blocks per launch), float64."""
+    prob = random_problem(d=3, attr=2, c_in=4, c_out=3, n_src=2000, n_dst=1800,
+                          num_edges=50000, layers=SPEC_SMOOTH, seed=21, hub_degree=1500,
+                          n_isolated=5, self_loops=True)
+    assert prob[4].shape[1] >= 50000
+    check_problem(prob, torch.float64, device, seed=21)
+
+
+@on_every_backend
+def test_empty_graph_and_isolated_nodes(device):
+    plan = random_plan().to(device)
+    x = torch.randn(5, 3, dtype=torch.float64, device=device)
+    pos = torch.rand(5, 3, dtype=torch.float64, device=device)
+    empty = torch.zeros(2, 0, dtype=torch.long, device=device)
+    out = fused_point_conv(x, pos, pos, None, build_csr(empty, 5, 5), plan)
     assert out.shape == (5, 4) and out.abs().max() == 0
     # no targets at all
-    csr = build_csr(torch.zeros(2, 0, dtype=torch.long), 5, 0)
-    out = fused_point_conv(x, pos, pos[:0], None, csr, plan)
+    out = fused_point_conv(x, pos, pos[:0], None, build_csr(empty, 5, 0), plan)
     assert out.shape == (0, 4)
     # isolated targets get exactly zero
-    ei = torch.tensor([[0, 1, 2], [1, 1, 3]])
+    ei = torch.tensor([[0, 1, 2], [1, 1, 3]], device=device)
     out = fused_point_conv(x, pos, pos, None, build_csr(ei, 5), plan)
     assert out[[0, 2, 4]].abs().max() == 0 and out[[1, 3]].abs().min() > 0
+    # E = 0 with gradients: all zero
+    xs, ps = x.clone().requires_grad_(True), pos.clone().requires_grad_(True)
+    p = plan_from_tensors(plan, [t.clone().requires_grad_(True) for t in plan.tensors()])
+    out = fused_point_conv(xs, ps, ps, None, build_csr(empty, 5, 5), p)
+    grads = torch.autograd.grad(out.sum(), [xs, ps, *p.tensors()], allow_unused=True)
+    assert all(gr is None or torch.count_nonzero(gr) == 0 for gr in grads)
 
+
+# --------------------------------------------------------------------------
+# symmetries that need no escnn
+# --------------------------------------------------------------------------
+
+_REPORT_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from op_cases import fused_with_grads, random_problem
+prob = random_problem(n_src=30, n_dst=20, num_edges=80, hub_degree=40)
+fused_with_grads(prob, sys.argv[1], torch.randn(20, 4, dtype=torch.float64))
+"""
+
+
+@on_cuda_source
+def test_cuda_launch_report(device):
+    """PYG_IMPLICIT_CUDA_REPORT=1 prints each launch's configuration (read once
+    per process: a fresh interpreter)."""
+    env = {**os.environ, "PYG_IMPLICIT_CUDA_REPORT": "1"}
+    r = subprocess.run([sys.executable, "-c", _REPORT_SCRIPT, device, TESTS], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for kernel in ("point_conv_fwd_kernel", "point_conv_bwd_kernel"):
+        lines = [ln for ln in r.stderr.splitlines() if f"[pyg_implicit cuda] {kernel}" in ln]
+        assert lines, r.stderr[-3000:]
+        for key in ("edge_tile=", "smem=", "blocks/SM=", "grid=", "row_chunks="):
+            assert key in lines[0], lines[0]
+
+
+def _fused64(x, ps, pd, ei, plan, device):
+    csr = build_csr(ei.to(device), x.shape[0], pd.shape[0])
+    return fused_point_conv(x.to(device), ps.to(device), pd.to(device), None, csr,
+                            plan.to(device)).cpu()
+
+
+@on_every_backend
+def test_rotation_invariance_octahedral(device):
+    plan = octahedral_invariant_plan()
+    x, ps, pd, _, ei, _ = random_problem(attr=0, c_in=4, seed=9, hub_degree=100)
+    base = _fused64(x, ps, pd, ei, plan, device)
+    g = torch.Generator().manual_seed(9)
+    for _ in range(3):
+        R = torch.eye(3, dtype=torch.float64)[torch.randperm(3, generator=g)]
+        R = R * (torch.randint(0, 2, (3,), generator=g) * 2 - 1).double()[:, None]
+        rot = _fused64(x, ps @ R.T, pd @ R.T, ei, plan, device)
+        assert relative_error(rot, base) <= 1e-10
+
+
+@on_every_backend
+def test_translation_invariance_and_relabeling(device):
+    x, ps, pd, _, ei, plan = random_problem(attr=0, seed=10, hub_degree=200)
+    out = _fused64(x, ps, pd, ei, plan, device)
+    shift = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+    assert relative_error(_fused64(x, ps + shift, pd + shift, ei, plan, device), out) <= 1e-10
+    # relabel sources and targets, shuffle the edge order
+    ps_perm, pd_perm = torch.randperm(ps.shape[0]), torch.randperm(pd.shape[0])
+    inv_s, inv_d = torch.argsort(ps_perm), torch.argsort(pd_perm)
+    ei2 = torch.stack([inv_s[ei[0]], inv_d[ei[1]]])[:, torch.randperm(ei.shape[1])]
+    out2 = _fused64(x[ps_perm], ps[ps_perm], pd[pd_perm], ei2, plan, device)
+    assert relative_error(out2, out[pd_perm]) <= 1e-10
+
+
+# --------------------------------------------------------------------------
+# knobs and limits of each backend
+# --------------------------------------------------------------------------
+
+@on_cuda_source
+@pytest.mark.parametrize("te", ["1", "3", "16"])
+def test_cuda_edge_tile_sizes(device, monkeypatch, te):
+    """Other edge-tile sizes (PYG_IMPLICIT_CUDA_TE) give the same results."""
+    monkeypatch.setenv("PYG_IMPLICIT_CUDA_TE", te)
+    check_problem(random_problem(seed=5, hub_degree=200), torch.float64, device, seed=5)
+
+
+@on_cuda_source
+def test_cuda_many_row_chunks(device, monkeypatch):
+    """A tiny workspace budget forces many row chunks (PYG_IMPLICIT_CUDA_WS_MB=1)."""
+    monkeypatch.setenv("PYG_IMPLICIT_CUDA_WS_MB", "1")
+    # (H + 1) * C_in * 8 bytes = 10 * 16 * 8 = 1280 B per row -> 819 rows per chunk,
+    # 2 workspaces in the backward -> 409 rows per chunk
+    prob = random_problem(d=3, attr=0, c_in=16, c_out=5, n_src=1500, n_dst=2000,
+                          num_edges=6000, layers=(("fourier", "elu", 3, 3, 6, 3),), seed=6,
+                          hub_degree=1000)
+    check_problem(prob, torch.float64, device, seed=6)
+
+
+@on_cuda_source
+def test_cuda_plan_too_large_for_shared_memory(device):
+    """A grid far beyond shared memory gives a clear error, not a bad launch
+    (host code: it runs under the CPU emulation too)."""
+    x, ps, pd, ea, ei, plan = random_problem(layers=(("fourier", "elu", 8, 4, 20000, 4),),
+                                             seed=15, hub_degree=0)
+    csr = build_csr(ei.to(device), x.shape[0], pd.shape[0])
+    with pytest.raises(RuntimeError, match="shared memory"):
+        fused_point_conv(x.to(device), ps.to(device), pd.to(device), ea.to(device), csr,
+                         plan.to(device))
+    _sync(device)
+
+
+@pytest.mark.backend("fused_cpu")
+@pytest.mark.parametrize("device", TARGETS[1:2])
+@pytest.mark.parametrize("num_edges", [6000, 300000])
+def test_cuda_matches_cpu_kernels(device, num_edges):
+    """CUDA fused vs CPU fused, float64, forward and every gradient; up to
+    300k edges (the oracle would not fit: the CPU kernels are checked against it
+    everywhere else)."""
+    n = max(50, num_edges // 30)
+    prob = random_problem(d=3, attr=2, c_in=5, c_out=4, n_src=n, n_dst=n,
+                          num_edges=num_edges, seed=8, hub_degree=1100, self_loops=True)
+    grad_out = torch.randn(n, 4, dtype=torch.float64)
+    on_gpu = fused_with_grads(prob, device, grad_out)
+    on_cpu = fused_with_grads(prob, "cpu", grad_out)
+    names = ["out"] + gradient_names(prob[5], True)
+    for name, a, b in zip(names, on_gpu, on_cpu):
+        if b is None or b.numel() == 0:
+            continue
+        assert_rows_close(a, b, 1e-10, f"{name} ({num_edges} edges)")
+
+
+# --------------------------------------------------------------------------
+# autograd machinery
+# --------------------------------------------------------------------------
+
+def _small_problem(device="cpu", attr=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n_src, n_dst = 5, 4
+    ei = torch.tensor([[0, 1, 2, 3, 4, 0, 2, 2, 1, 4, 3],
+                       [0, 0, 1, 1, 2, 3, 3, 3, 2, 0, 1]])
+    leafs = [torch.randn(n_src, 2, generator=g, dtype=torch.float64),
+             torch.rand(n_src, 3, generator=g, dtype=torch.float64),
+             torch.rand(n_dst, 3, generator=g, dtype=torch.float64),
+             torch.randn(ei.shape[1], attr, generator=g, dtype=torch.float64)]
+    x, ps, pd, ea = (t.to(device).requires_grad_(True) for t in leafs)
+    plan = random_plan(d=3, attr=attr, c_in=2, c_out=3, seed=seed,
+                       layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6)))
+    plan = plan.to(device)
+    for t in plan.tensors():
+        t.requires_grad_(True)
+    return x, ps, pd, ea, ei.to(device), plan
+
+
+@on_every_backend
+def test_gradcheck(device):
+    x, ps, pd, ea, ei, plan = _small_problem(device)
+    csr = build_csr(ei, 5, 4)
+
+    def fn(x, ps, pd, ea, *pt):
+        return fused_point_conv(x, ps, pd, ea, csr, plan_from_tensors(plan, pt))
+
+    inputs = (x, ps, pd, ea, *plan.tensors())
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _op_args(x, ps, pd, ea, ei, plan):
+    """Arguments of point_conv_forward (edge attributes in CSR order)."""
+    csr = build_csr(ei, x.shape[0], pd.shape[0])
+    args = (x, ps, pd, ea[csr.perm].detach().requires_grad_(ea.requires_grad), csr.rowptr,
+            csr.col, csr.csc_rowptr, csr.csc_perm, plan.weights, plan.biases,
+            plan.samplers, plan.projectors, list(plan.activations), plan.width, plan.Wt)
+    return args, csr
+
+
+def _detached(args):
+    """The op arguments with every tensor (also inside tensor lists) detached."""
+    def det(a):
+        if isinstance(a, torch.Tensor):
+            return a.detach()
+        if isinstance(a, list) and a and isinstance(a[0], torch.Tensor):
+            return [t.detach() for t in a]
+        return a
+    return [det(a) for a in args]
+
+
+def _backward_args(grad_out, args, mask):
+    """Arguments of point_conv_backward from those of the forward."""
+    return (grad_out, *args, mask)
+
+
+@on_every_backend
+def test_opcheck_forward(device):
+    args, _ = _op_args(*_small_problem(device))
+    torch.library.opcheck(OPS.point_conv_forward.default, args)
+    # and without gradients
+    torch.library.opcheck(OPS.point_conv_forward.default, tuple(_detached(args)))
+
+
+@on_every_backend
+@pytest.mark.parametrize("mask", [[True] * 10,
+                                  [True, False, True, False, True, False, False,
+                                   True, False, True]])
+def test_opcheck_backward(device, mask):
+    args, csr = _op_args(*_small_problem(device))
+    args = _detached(args)
+    grad_out = torch.randn(4, 3, dtype=torch.float64, device=device)
+    bargs = _backward_args(grad_out, args, mask)
+    torch.library.opcheck(OPS.point_conv_backward.default, bargs)
+    assert len(OPS.point_conv_backward(*bargs)) == 10
+
+
+def _flat_groups(groups):
+    """The 10 gradient groups of point_conv_backward as a flat tensor list."""
+    return [t for g in groups for t in (g if isinstance(g, (list, tuple)) else [g])]
+
+
+@on_every_backend
+def test_backward_op_matches_reference_and_masks(device):
+    """point_conv_backward, called directly, against the gradients of the
+    materialised reference (an independent oracle), with every output mask."""
+    x, ps, pd, ea, ei, plan = _small_problem("cpu")
+    args, csr = _op_args(x, ps, pd, ea, ei, plan)
+    dargs = [a.to(device) if isinstance(a, torch.Tensor) else
+             [t.to(device) for t in a] if isinstance(a, list) and a and
+             isinstance(a[0], torch.Tensor) else a for a in _detached(args)]
+    R = torch.randn(pd.shape[0], plan.out_channels, dtype=torch.float64)
+    # the oracle: autograd through the reference, edge attributes in CSR order
+    ref = reference_conv(x, ps, pd, ea, ei, plan)
+    ins = [x, ps, pd, ea, *plan.tensors()]
+    expected = [torch.zeros_like(t) if g is None else g for t, g in zip(
+        ins, torch.autograd.grad((ref * R).sum(), ins, allow_unused=True))]
+    expected[3] = expected[3][csr.perm]
+    L = len(plan.weights)
+    sizes = [1, 1, 1, 1, L, L, L, L, 1, 1]  # tensors per gradient group
+    bounds = [sum(sizes[:k]) for k in range(11)]
+    for k in [None, *range(10)]:
+        mask = [True] * 10 if k is None else [i == k for i in range(10)]
+        got = [t.cpu() for t in _flat_groups(
+            OPS.point_conv_backward(*_backward_args(R.to(device), dargs, mask)))]
+        assert len(got) == len(expected)
+        for group in range(10):
+            for t in range(bounds[group], bounds[group + 1]):
+                if mask[group]:
+                    assert_rows_close(got[t], expected[t], 1e-10,
+                                      f"mask {mask}: gradient {t} (group {group})")
+                else:  # masked out: full shape, content unspecified (fused_op_spec.md)
+                    assert got[t].shape == expected[t].shape, (mask, t)
+
+
+@on_every_backend
+def test_partial_requires_grad(device):
+    x, ps, pd, ea, ei, plan = _small_problem(device)
+    csr = build_csr(ei, 5, 4)
+    p = plan.to(torch.float64)  # copies
+    p = plan_from_tensors(p, [t.detach().clone() for t in p.tensors()])
+    p.Wt.requires_grad_(True)
+    x2, ps2, pd2, ea2 = (t.detach() for t in (x, ps, pd, ea))
+    out = fused_point_conv(x2, ps2, pd2, ea2, csr, p)
+    (gWt,) = torch.autograd.grad(out.sum(), [p.Wt])
+    ref = reference_conv(x2, ps2, pd2, ea2, ei, p)
+    (rWt,) = torch.autograd.grad(ref.sum(), [p.Wt])
+    assert_rows_close(gWt.cpu(), rWt.cpu(), 1e-10, "Wt gradient")
+    # nothing requires grad: plain tensor out
+    with torch.no_grad():
+        out = fused_point_conv(x, ps, pd, ea, csr, plan)
+    assert not out.requires_grad
+
+
+@on_every_backend
+def test_double_backward_raises(device):
+    x, ps, pd, ea, ei, plan = _small_problem(device)
+    out = fused_point_conv(x, ps, pd, ea, build_csr(ei, 5, 4), plan)
+    (gpos,) = torch.autograd.grad(out.square().sum(), [ps], create_graph=True)
+    assert gpos.requires_grad
+    with pytest.raises(RuntimeError, match="double backward not supported"):
+        gpos.square().sum().backward()
+
+
+@on_every_backend
+@DTYPES
+def test_deterministic(device, dtype):
+    g = torch.Generator().manual_seed(3)
+    n = 400
+    ei = random_edge_index(n, n, 8000, 9, self_loops=True, hub_degree=300).to(device)
+    x, pos = (torch.randn(n, 3, generator=g).to(device, dtype) for _ in range(2))
+    ea = torch.randn(ei.shape[1], 2, generator=g).to(device, dtype)
+    plan = random_plan(dtype, attr=2, seed=4, requires_grad=True)
+    plan = plan_from_tensors(plan, [t.detach().to(device).requires_grad_(True)
+                                    for t in plan.tensors()])
+    csr = build_csr(ei, n)
+
+    def run():
+        xs, ps, eas = (t.clone().requires_grad_(True) for t in (x, pos, ea))
+        out = fused_point_conv(xs, ps, ps, eas, csr, plan)
+        grads = torch.autograd.grad((out * out).sum(), [xs, ps, eas, *plan.tensors()])
+        return [out, *grads]
+
+    a, b = run(), run()
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    # the result does not depend on the number of CPU threads either
+    nt = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        c = run()
+    finally:
+        torch.set_num_threads(nt)
+    for u, v in zip(a, c):
+        assert torch.equal(u, v)
+
+
+class _FusedModel(torch.nn.Module):
+    def __init__(self, plan):
+        super().__init__()
+        self.weights = torch.nn.ParameterList(plan.weights)
+        self.biases = torch.nn.ParameterList(plan.biases)
+        self.samplers = torch.nn.ParameterList(plan.samplers)
+        self.projectors = torch.nn.ParameterList(plan.projectors)
+        self.width = torch.nn.Parameter(plan.width)
+        self.Wt = torch.nn.Parameter(plan.Wt)
+        self.acts = list(plan.activations)
+        self.dims = (plan.pos_dim, plan.attr_dim, plan.in_channels, plan.out_channels)
+
+    def forward(self, x, pos, edge_attr, csr: CSRGraph):
+        plan = KernelPlan(list(self.weights), list(self.biases), list(self.samplers),
+                          list(self.projectors), self.acts, self.width, self.Wt,
+                          *self.dims)
+        h = fused_point_conv(x, pos, pos, edge_attr, csr, plan)
+        return torch.tanh(h).sum(-1)
+
+
+@pytest.mark.parametrize("device", TARGETS[:2])
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    x, ps, pd, ea, ei, _ = _small_problem(device)
+    plan = random_plan(d=3, attr=2, c_in=2, c_out=3, seed=0,
+                       layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6)))
+    model = _FusedModel(plan.to(device))
+    csr = build_csr(ei, 5, 5)
+    x, pos, ea = x.detach(), ps.detach(), ea.detach()
+    pos_g = pos.clone().requires_grad_(True)
+    eager = model(x, pos_g, ea, csr)
+    eager_grads = torch.autograd.grad(eager.sum(), [pos_g, *model.parameters()])
+    compiled = torch.compile(model, fullgraph=True)
+    pos_c = pos.clone().requires_grad_(True)
+    out = compiled(x, pos_c, ea, csr)
+    grads = torch.autograd.grad(out.sum(), [pos_c, *model.parameters()])
+    assert torch.allclose(out, eager, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, eager_grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# knobs and memory of the CPU kernels
+# --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("knobs", [
     {"PYG_IMPLICIT_CPU_TILE": "1"},
     {"PYG_IMPLICIT_CPU_TILE": "3", "PYG_IMPLICIT_CPU_ROWS": "1"},
     {"PYG_IMPLICIT_CPU_ROWS": "5", "PYG_IMPLICIT_NO_SMALL_GEMM": "1"},
+    {"PYG_IMPLICIT_CPU_GENERIC_ACT": "1"},
 ])
-def test_cpu_tile_and_window_knobs(knobs):
-    """Other edge tiles, row windows and the BLAS fallback of the CPU kernels give
-    the same results. The knobs are read once per process: a fresh pytest each."""
-    env = {**os.environ, **knobs}
+@on_cpu_kernels
+def test_cpu_tile_and_window_knobs(device, knobs):
+    """Other edge tiles, row windows, the BLAS fallback and the contract's scalar
+    activations (csrc/plan_contract.h) in the CPU kernels give the same results.
+    The knobs are read once per process: a fresh pytest each."""
+    env = {**os.environ, **knobs, "PYG_IMPLICIT_REQUIRE": "fused_cpu"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "tests/test_fused_op.py", "-k", "test_high_degree_node or test_plan_variants"]
+           "tests/test_fused_op.py", "-k",
+           "fused_cpu and (test_high_degree_node or test_plan_variants)"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "10 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    expected = f"{2 + 2 * len(PLAN_VARIANTS)} passed"
+    assert r.returncode == 0 and expected in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
 _PEAK_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[4])
-from test_fused_op import make_plan, random_graph
+from op_cases import random_plan, random_edge_index
 from pyg_implicit.ops import build_csr, fused_point_conv
 from pyg_implicit.plan import hidden_features
 
 torch.set_num_threads(1)
 backend, H, E = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 n, c = 2000, 4
-plan = make_plan(c_in=c, c_out=c, layers=(("pointwise", "silu", H),), requires_grad=True)
+plan = random_plan(c_in=c, c_out=c, layers=(("pointwise", "silu", H),), requires_grad=True)
 
 
 def step(num_edges):
-    ei = random_graph(n, n, num_edges, 0)
+    ei = random_edge_index(n, n, num_edges, 0)
     x = torch.randn(n, c, dtype=torch.float64, requires_grad=True)
     pos = torch.rand(n, 3, dtype=torch.float64, requires_grad=True)
     if backend == "fused":
@@ -427,7 +788,8 @@ def _peak_bytes(backend, hidden, num_edges):
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                     reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
-def test_no_allocation_proportional_to_edges_times_hidden():
+@on_cpu_kernels
+def test_no_allocation_proportional_to_edges_times_hidden(device):
     """Forward + backward of the CPU op: the peak memory does not grow with
     E x H (the hidden size of the kernel MLP); the factorised path, which
     materialises E x (H + 1) x C_in, does, which shows the measurement works."""
@@ -442,223 +804,14 @@ def test_no_allocation_proportional_to_edges_times_hidden():
 
 
 # --------------------------------------------------------------------------
-# autograd machinery
-# --------------------------------------------------------------------------
-
-def _small_problem(attr=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n_src, n_dst = 5, 4
-    ei = torch.tensor([[0, 1, 2, 3, 4, 0, 2, 2, 1, 4, 3],
-                       [0, 0, 1, 1, 2, 3, 3, 3, 2, 0, 1]])
-    x = torch.randn(n_src, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    ps = torch.rand(n_src, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    pd = torch.rand(n_dst, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    ea = torch.randn(ei.shape[1], attr, generator=g, dtype=torch.float64,
-                     requires_grad=True)
-    plan = make_plan(d=3, attr=attr, c_in=2, c_out=3, seed=seed,
-                     layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6)),
-                     requires_grad=True)
-    return x, ps, pd, ea, ei, plan
-
-
-def test_gradcheck():
-    x, ps, pd, ea, ei, plan = _small_problem()
-    csr = build_csr(ei, 5, 4)
-    L = len(plan.weights)
-
-    def fn(x, ps, pd, ea, *pt):
-        p = KernelPlan(list(pt[:L]), list(pt[L:2 * L]), list(pt[2 * L:3 * L]),
-                       list(pt[3 * L:4 * L]), plan.activations, pt[4 * L], pt[4 * L + 1],
-                       3, 2, 2, 3)
-        return fused_point_conv(x, ps, pd, ea, csr, p)
-
-    inputs = (x, ps, pd, ea, *plan.tensors())
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-def _op_args(x, ps, pd, ea, ei, plan):
-    csr = build_csr(ei, x.shape[0], pd.shape[0])
-    args = (x, ps, pd, ea[csr.perm].detach().requires_grad_(True), csr.rowptr, csr.col,
-            plan.weights, plan.biases, plan.samplers, plan.projectors,
-            list(plan.activations), plan.width, plan.Wt)
-    return args, csr
-
-
-def _detached(args):
-    """The op arguments with every tensor (also inside tensor lists) detached."""
-    def det(a):
-        if isinstance(a, torch.Tensor):
-            return a.detach()
-        if isinstance(a, list) and a and isinstance(a[0], torch.Tensor):
-            return [t.detach() for t in a]
-        return a
-    return [det(a) for a in args]
-
-
-def test_opcheck_forward():
-    args, _ = _op_args(*_small_problem())
-    torch.library.opcheck(OPS.point_conv_forward.default, args)
-    # and without gradients
-    torch.library.opcheck(OPS.point_conv_forward.default, tuple(_detached(args)))
-
-
-@pytest.mark.parametrize("mask", [[True] * 10,
-                                  [True, False, True, False, True, False, False,
-                                   True, False, True]])
-def test_opcheck_backward(mask):
-    x, ps, pd, ea, ei, plan = _small_problem()
-    args, csr = _op_args(x, ps, pd, ea, ei, plan)
-    args = _detached(args)
-    grad_out = torch.randn(4, 3, dtype=torch.float64)
-    bargs = (grad_out, *args[:6], csr.csc_rowptr, csr.csc_perm, *args[6:], mask)
-    torch.library.opcheck(OPS.point_conv_backward.default, bargs)
-    res = OPS.point_conv_backward(*bargs)
-    assert len(res) == 10
-
-
-def _flat_groups(groups):
-    """The 10 gradient groups of point_conv_backward as a flat tensor list."""
-    return [t for g in groups for t in (g if isinstance(g, (list, tuple)) else [g])]
-
-
-def test_backward_op_matches_reference_and_masks():
-    """point_conv_backward, called directly, against the gradients of the
-    materialised reference (an independent oracle), with every output mask."""
-    x, ps, pd, ea, ei, plan = _small_problem()
-    args, csr = _op_args(x, ps, pd, ea, ei, plan)
-    dargs = _detached(args)
-    R = torch.randn(pd.shape[0], plan.out_channels, dtype=torch.float64)
-    # the oracle: autograd through the reference, edge attributes in CSR order
-    ref = reference_conv(x, ps, pd, ea, ei, plan)
-    ins = [x, ps, pd, ea, *plan.tensors()]
-    expected = [torch.zeros_like(t) if g is None else g for t, g in zip(
-        ins, torch.autograd.grad((ref * R).sum(), ins, allow_unused=True))]
-    expected[3] = expected[3][csr.perm]
-    L = len(plan.weights)
-    sizes = [1, 1, 1, 1, L, L, L, L, 1, 1]  # tensors per gradient group
-    bounds = [sum(sizes[:k]) for k in range(11)]
-    for k in [None, *range(10)]:
-        mask = [True] * 10 if k is None else [i == k for i in range(10)]
-        got = _flat_groups(OPS.point_conv_backward(
-            R, *dargs[:6], csr.csc_rowptr, csr.csc_perm, *dargs[6:], mask))
-        assert len(got) == len(expected)
-        for group in range(10):
-            for t in range(bounds[group], bounds[group + 1]):
-                if mask[group]:
-                    assert_rows_close(got[t], expected[t], 1e-10,
-                                      f"mask {mask}: gradient {t} (group {group})")
-                else:  # masked out: full shape, content unspecified (fused_op_spec.md)
-                    assert got[t].shape == expected[t].shape, (mask, t)
-
-
-def test_partial_requires_grad():
-    x, ps, pd, ea, ei, plan = _small_problem()
-    csr = build_csr(ei, 5, 4)
-    p = plan.to(torch.float64)  # copies
-    for t in p.tensors():
-        t.requires_grad_(False)
-    p.Wt.requires_grad_(True)
-    x2 = x.detach()
-    out = fused_point_conv(x2, ps.detach(), pd.detach(), ea.detach(), csr, p)
-    (gWt,) = torch.autograd.grad(out.sum(), [p.Wt])
-    ref = reference_conv(x2, ps.detach(), pd.detach(), ea.detach(), ei, p)
-    (rWt,) = torch.autograd.grad(ref.sum(), [p.Wt])
-    assert_rows_close(gWt, rWt, 1e-10, "Wt gradient")
-    # nothing requires grad: plain tensor out
-    with torch.no_grad():
-        out = fused_point_conv(x, ps, pd, ea, csr, plan)
-    assert not out.requires_grad
-
-
-def test_double_backward_raises():
-    x, ps, pd, ea, ei, plan = _small_problem()
-    csr = build_csr(ei, 5, 4)
-    out = fused_point_conv(x, ps, pd, ea, csr, plan)
-    (gpos,) = torch.autograd.grad(out.square().sum(), [ps], create_graph=True)
-    assert gpos.requires_grad
-    with pytest.raises(RuntimeError, match="double backward not supported"):
-        gpos.square().sum().backward()
-
-
-def test_deterministic():
-    g = torch.Generator().manual_seed(3)
-    n = 400
-    ei = random_graph(n, n, 8000, 9, self_loops=True)
-    x = torch.randn(n, 3, generator=g)
-    pos = torch.rand(n, 3, generator=g)
-    ea = torch.randn(ei.shape[1], 2, generator=g)
-    plan = make_plan(torch.float32, attr=2, seed=4, requires_grad=True)
-    csr = build_csr(ei, n)
-
-    def run():
-        xs, ps, eas = (t.clone().requires_grad_(True) for t in (x, pos, ea))
-        out = fused_point_conv(xs, ps, ps, eas, csr, plan)
-        grads = torch.autograd.grad((out * out).sum(), [xs, ps, eas, *plan.tensors()])
-        return [out, *grads]
-
-    a, b = run(), run()
-    for u, v in zip(a, b):
-        assert torch.equal(u, v)
-    # the result does not depend on the number of threads either
-    nt = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        c = run()
-    finally:
-        torch.set_num_threads(nt)
-    for u, v in zip(a, c):
-        assert torch.equal(u, v)
-
-
-class _FusedModel(torch.nn.Module):
-    def __init__(self, plan):
-        super().__init__()
-        self.weights = torch.nn.ParameterList(plan.weights)
-        self.biases = torch.nn.ParameterList(plan.biases)
-        self.samplers = torch.nn.ParameterList(plan.samplers)
-        self.projectors = torch.nn.ParameterList(plan.projectors)
-        self.width = torch.nn.Parameter(plan.width)
-        self.Wt = torch.nn.Parameter(plan.Wt)
-        self.acts = list(plan.activations)
-        self.dims = (plan.pos_dim, plan.attr_dim, plan.in_channels, plan.out_channels)
-
-    def forward(self, x, pos, edge_attr, csr: CSRGraph):
-        plan = KernelPlan(list(self.weights), list(self.biases), list(self.samplers),
-                          list(self.projectors), self.acts, self.width, self.Wt,
-                          *self.dims)
-        h = fused_point_conv(x, pos, pos, edge_attr, csr, plan)
-        return torch.tanh(h).sum(-1)
-
-
-def test_torch_compile_fullgraph():
-    torch._dynamo.reset()
-    x, ps, pd, ea, ei, plan = _small_problem()
-    plan = make_plan(d=3, attr=2, c_in=2, c_out=3, seed=0,
-                     layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6)))
-    model = _FusedModel(plan)
-    csr = build_csr(ei, 5, 5)
-    x, pos, ea = x.detach(), ps.detach(), ea.detach()
-    pos_g = pos.clone().requires_grad_(True)
-    eager = model(x, pos_g, ea, csr)
-    eager_grads = torch.autograd.grad(eager.sum(), [pos_g, *model.parameters()])
-    compiled = torch.compile(model, fullgraph=True)
-    pos_c = pos.clone().requires_grad_(True)
-    out = compiled(x, pos_c, ea, csr)
-    grads = torch.autograd.grad(out.sum(), [pos_c, *model.parameters()])
-    assert torch.allclose(out, eager, rtol=1e-12, atol=1e-12)
-    for a, b in zip(grads, eager_grads):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-# --------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------
 
-def _good():
-    x, ps, pd, ea, ei, plan = _small_problem()
-    pos = torch.rand(5, 3, dtype=torch.float64)
-    return x.detach(), pos, ea.detach(), ei, make_plan(d=3, attr=2, c_in=2, c_out=3,
-                                                       layers=(("pointwise", "elu", 4),))
+def _good(device="cpu"):
+    x, ps, pd, ea, ei, plan = _small_problem(device)
+    pos = torch.rand(5, 3, dtype=torch.float64, device=device)
+    plan = random_plan(d=3, attr=2, c_in=2, c_out=3, layers=(("pointwise", "elu", 4),))
+    return x.detach(), pos, ea.detach(), ei, plan.to(device)
 
 
 def test_build_csr_bad_input():
@@ -712,26 +865,27 @@ def test_build_csr_structure():
     ("plan_shape", ValueError, "plan.Wt"),
     ("plan_act", ValueError, "plan.activations"),
 ])
-def test_fused_bad_input(case, exc, name):
-    x, pos, ea, ei, plan = _good()
+@on_every_backend
+def test_fused_bad_input(device, case, exc, name):
+    x, pos, ea, ei, plan = _good(device)
     csr = build_csr(ei, 5, 5)
     args = dict(x_src=x, pos_src=pos, pos_dst=pos, edge_attr=ea, csr=csr, plan=plan)
     if case == "x_width":
-        args["x_src"] = torch.randn(5, 3, dtype=torch.float64)
+        args["x_src"] = torch.randn(5, 3, dtype=torch.float64, device=device)
     elif case == "x_dtype":
         args["x_src"] = x.to(torch.int64)
     elif case == "x_not_tensor":
         args["x_src"] = x.tolist()
     elif case == "pos_dim":
-        args["pos_src"] = args["pos_dst"] = torch.rand(5, 2, dtype=torch.float64)
+        args["pos_src"] = args["pos_dst"] = torch.rand(5, 2, dtype=torch.float64, device=device)
     elif case == "pos_rows":
-        args["pos_src"] = torch.rand(4, 3, dtype=torch.float64)
+        args["pos_src"] = torch.rand(4, 3, dtype=torch.float64, device=device)
     elif case == "pos_dtype":
         args["pos_src"] = pos.float()
     elif case == "pos_device":
         args["pos_dst"] = torch.empty(5, 3, dtype=torch.float64, device="meta")
     elif case == "attr_width":
-        args["edge_attr"] = torch.randn(ea.shape[0], 3, dtype=torch.float64)
+        args["edge_attr"] = torch.randn(ea.shape[0], 3, dtype=torch.float64, device=device)
     elif case == "attr_rows":
         args["edge_attr"] = ea[:-1]
     elif case == "attr_missing":
@@ -755,11 +909,13 @@ def test_fused_bad_input(case, exc, name):
         fused_point_conv(**args)
 
 
-def test_op_direct_bad_input_raises_runtime_error():
-    x, pos, ea, ei, plan = _good()
+@on_every_backend
+def test_op_direct_bad_input_raises_runtime_error(device):
+    """The op's own checks (csrc/point_conv.cpp), shared by every backend."""
+    x, pos, ea, ei, plan = _good(device)
     csr = build_csr(ei, 5, 5)
-    args = [x, pos, pos, ea[csr.perm], csr.rowptr, csr.col, plan.weights,
-            plan.biases, plan.samplers, plan.projectors, plan.activations,
+    args = [x, pos, pos, ea[csr.perm], csr.rowptr, csr.col, csr.csc_rowptr, csr.csc_perm,
+            plan.weights, plan.biases, plan.samplers, plan.projectors, plan.activations,
             plan.width, plan.Wt]
     OPS.point_conv_forward(*args)  # fine
 
@@ -775,19 +931,29 @@ def test_op_direct_bad_input_raises_runtime_error():
     bad(3, ea[:-1], "edge_attr")                 # E mismatch
     bad(4, csr.rowptr[:-1], "rowptr")            # wrong length
     bad(4, csr.rowptr.int(), "rowptr")           # wrong index dtype
-    bad(5, torch.full_like(csr.col, 99), "col")  # out of range source
-    bad(5, -csr.col - 1, "col")                  # negative source
-    bad(4, csr.rowptr.flip(0), "rowptr")         # not a valid CSR
-    bad(6, [plan.weights[0][:, :2]], "weights")  # layer shape
-    bad(10, [9], "activation")                   # unknown code
-    bad(11, plan.width.reshape(1), "width")      # not 0-d
-    bad(12, plan.Wt[:, 1:], "Wt")
-    grad = torch.randn(5, plan.out_channels, dtype=torch.float64)
-    bargs = [grad, *args[:6], csr.csc_rowptr, csr.csc_perm, *args[6:], [True] * 10]
+    bad(6, csr.csc_rowptr[:-1], "csc_rowptr")    # wrong length
+    bad(7, csr.csc_perm[:-1], "csc_perm")        # wrong length
+    bad(8, [plan.weights[0][:, :2]], "weights")  # layer shape
+    bad(12, [9], "activation")                   # unknown code
+    bad(13, plan.width.reshape(1), "width")      # not 0-d
+    bad(14, plan.Wt[:, 1:], "Wt")
+    if device == "cuda":
+        bad(5, csr.col.cpu(), "col")             # another device
+    if device == "cpu" and not backends.emulated():
+        # the CPU kernels read the indices on the host and check their values
+        bad(5, torch.full_like(csr.col, 99), "col")  # out of range source
+        bad(5, -csr.col - 1, "col")                  # negative source
+        bad(4, csr.rowptr.flip(0), "rowptr")         # not a valid CSR
+    grad = torch.randn(5, plan.out_channels, dtype=torch.float64, device=device)
+    bargs = [grad, *args, [True] * 10]
     OPS.point_conv_backward(*bargs)
     with pytest.raises(RuntimeError, match="grad_out"):
         OPS.point_conv_backward(grad[:, :1], *bargs[1:])
     with pytest.raises(RuntimeError, match="output_mask"):
         OPS.point_conv_backward(*bargs[:-1], [True] * 3)
-    with pytest.raises(RuntimeError, match="csc_perm"):
-        OPS.point_conv_backward(*bargs[:8], csr.csc_perm + 100, *bargs[9:])
+    if device == "cpu" and not backends.emulated():
+        with pytest.raises(RuntimeError, match="csc_perm"):
+            OPS.point_conv_backward(*bargs[:8], csr.csc_perm + 100, *bargs[9:])
+    # the device is still usable (no kernel ran on bad data)
+    _sync(device)
+    assert torch.isfinite(OPS.point_conv_forward(*args)).all()

@@ -36,7 +36,7 @@ def _pytest(tmp_path, *args, require=None, block=True):
     return r.returncode, r.stdout + r.stderr
 
 
-FUSED_TEST = "tests/test_fused_op.py::test_empty_graph_and_isolated_nodes"
+FUSED_TEST = "tests/test_fused_op.py::test_empty_graph_and_isolated_nodes[fused_cpu]"
 
 
 def test_unloadable_extension_fails_a_run_that_requires_it(tmp_path):

@@ -168,12 +168,21 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 }
 
 // ---------------------------------------------------------------------------
-// Activations on raw buffers, through ATen's vectorised CPU kernels.
+// Activations on raw buffers.  The formulas are those of plan_contract.h;
+// known codes take ATen's vectorised CPU kernels (same functions as the
+// reference), any other code the contract's scalar loop.
+// PYG_IMPLICIT_CPU_GENERIC_ACT=1 forces the scalar loop (tests).
 // ---------------------------------------------------------------------------
+
+bool generic_activations();
 
 template <typename T>
 void act_forward(int64_t code, const T* in, T* out, int64_t count) {
   if (count <= 0) return;
+  if (generic_activations()) {
+    for (int64_t i = 0; i < count; ++i) out[i] = activation_value<T>(code, in[i]);
+    return;
+  }
 #ifdef PYGI_SMALL_GEMM
   if (code == kElu && small_gemm::available()) {
     if (out != in) std::memcpy(out, in, sizeof(T) * count);
@@ -189,16 +198,25 @@ void act_forward(int64_t code, const T* in, T* out, int64_t count) {
     case kSilu: at::silu_out(y, x); break;
     case kTanh: at::tanh_out(y, x); break;
     case kSigmoid: at::sigmoid_out(y, x); break;
-    default: TORCH_CHECK(false, "point_conv: unknown activation code ", code);
+    default:
+      for (int64_t i = 0; i < count; ++i) out[i] = activation_value<T>(code, in[i]);
   }
 }
 
-// grad_in = act'(.) * grad_out; `in` is the pre-activation (read for silu
-// only), `out` the activation's result.  grad_in may alias grad_out.
+// grad_in = act'(.) * grad_out; `in` is the pre-activation (read only where
+// derivative_reads_input(code)), `out` the activation's result.  grad_in may
+// alias grad_out.
 template <typename T>
 void act_backward(int64_t code, const T* grad_out, const T* in, const T* out,
                   T* grad_in, int64_t count) {
   if (count <= 0) return;
+  const bool reads_in = derivative_reads_input(code);
+  if (generic_activations()) {
+    for (int64_t i = 0; i < count; ++i)
+      grad_in[i] = grad_out[i] *
+                   activation_derivative<T>(code, reads_in ? in[i] : T(0), out[i]);
+    return;
+  }
   at::Tensor go = wrap1(grad_out, count);
   at::Tensor gi = wrap1(grad_in, count);
   switch (code) {
@@ -209,7 +227,10 @@ void act_backward(int64_t code, const T* grad_out, const T* in, const T* out,
     case kSilu: at::silu_backward_out(gi, go, wrap1(in, count)); break;
     case kTanh: at::tanh_backward_out(gi, go, wrap1(out, count)); break;
     case kSigmoid: at::sigmoid_backward_out(gi, go, wrap1(out, count)); break;
-    default: TORCH_CHECK(false, "point_conv: unknown activation code ", code);
+    default:
+      for (int64_t i = 0; i < count; ++i)
+        grad_in[i] = grad_out[i] *
+                     activation_derivative<T>(code, reads_in ? in[i] : T(0), out[i]);
   }
 }
 
@@ -222,6 +243,11 @@ int64_t env_int(const char* name, int64_t def, int64_t lo, int64_t hi) {
   if (v == nullptr || *v == '\0') return def;
   const long long x = std::atoll(v);
   return std::min<int64_t>(std::max<int64_t>(x, lo), hi);
+}
+
+bool generic_activations() {
+  static const bool g = env_int("PYG_IMPLICIT_CPU_GENERIC_ACT", 0, 0, 1) != 0;
+  return g;
 }
 
 int64_t tile_edges() {
@@ -274,7 +300,7 @@ struct Tile {
   std::vector<int64_t> rows;        // row (target) of each edge of the tile
   std::vector<std::vector<T>> u;    // u_0 .. u_L: [n, H_l]
   std::vector<std::vector<T>> z;    // z_1 .. z_L (pre-activations): [n, H'_l]
-  std::vector<std::vector<T>> S;    // Fourier: grid pre-activations (silu only)
+  std::vector<std::vector<T>> S;    // Fourier: grid pre-activations (if the derivative reads them)
   std::vector<std::vector<T>> Y;    // Fourier: grid activations [n M, G]
   std::vector<T> s;                 // envelope [n]
   std::vector<T> g;                 // [n, H + 1]
@@ -294,7 +320,7 @@ struct Tile {
       z[l].resize(tile * ld.pre);
       if (ld.fourier) {
         Y[l].resize(tile * ld.fields * ld.G);
-        if (ld.act == kSilu) S[l].resize(tile * ld.fields * ld.G);
+        if (derivative_reads_input(ld.act)) S[l].resize(tile * ld.fields * ld.G);
       }
     }
     s.resize(tile);
@@ -339,7 +365,7 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
     if (ld.fourier) {
       const int64_t nm = n * ld.fields;
       T* Y = tl.Y[l].data();
-      T* Sp = ld.act == kSilu ? tl.S[l].data() : Y;
+      T* Sp = derivative_reads_input(ld.act) ? tl.S[l].data() : Y;
 #ifdef PYGI_SMALL_GEMM
       if (plan.small) {
         small_gemm::rows_axpy<T>(nm, ld.F, ld.G, zp, ld.F, plan.QT[l], Sp, ld.G);
@@ -421,16 +447,18 @@ void forward_impl(const ConvDims& d, const Plan<T>& plan, const int64_t* rowptr,
 at::Tensor point_conv_forward_cpu(
     const at::Tensor& x_src, const at::Tensor& pos_src,
     const at::Tensor& pos_dst, const at::Tensor& edge_attr,
-    const at::Tensor& rowptr, const at::Tensor& col, at::TensorList weights,
-    at::TensorList biases, at::TensorList samplers, at::TensorList projectors,
-    at::IntArrayRef activations, const at::Tensor& width,
-    const at::Tensor& Wt) {
+    const at::Tensor& rowptr, const at::Tensor& col,
+    const at::Tensor& csc_rowptr, const at::Tensor& csc_perm,
+    at::TensorList weights, at::TensorList biases, at::TensorList samplers,
+    at::TensorList projectors, at::IntArrayRef activations,
+    const at::Tensor& width, const at::Tensor& Wt) {
   const ConvDims d = check_point_conv_inputs(
       "point_conv_forward", x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-      weights, biases, samplers, projectors, activations, width, Wt);
+      csc_rowptr, csc_perm, weights, biases, samplers, projectors, activations,
+      width, Wt);
   TORCH_CHECK(x_src.device().is_cpu(), "point_conv_forward: CPU kernel got ",
               x_src.device());
-  check_csr_values_cpu(d, rowptr, col);
+  check_csr_values_cpu(d, rowptr, col);  // the CSC is not read by the forward
   at::Tensor out = at::zeros({d.n_dst, d.c_out}, x_src.options());
   if (d.num_edges == 0 || d.n_dst == 0) return out;
 
@@ -604,7 +632,7 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
               const int64_t nm = n * ld.fields;
               const T* Y = tl.Y[l].data();
               T* dY = bb.dY.data();
-              const T* Sl = ld.act == kSilu ? tl.S[l].data() : nullptr;
+              const T* Sl = derivative_reads_input(ld.act) ? tl.S[l].data() : nullptr;
               // the sampler gradient is accumulated transposed ([F, G])
 #ifdef PYGI_SMALL_GEMM
               if (plan.small) {
@@ -697,23 +725,23 @@ BackwardResult point_conv_backward_cpu(
     c10::List<bool> output_mask) {
   const ConvDims d = check_point_conv_inputs(
       "point_conv_backward", x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-      weights, biases, samplers, projectors, activations, width, Wt);
-  check_point_conv_backward_inputs(d, grad_out, x_src, csc_rowptr, csc_perm,
-                                   output_mask);
+      csc_rowptr, csc_perm, weights, biases, samplers, projectors, activations,
+      width, Wt);
+  check_point_conv_backward_inputs(d, grad_out, x_src, output_mask);
   TORCH_CHECK(x_src.device().is_cpu(), "point_conv_backward: CPU kernel got ",
               x_src.device());
   check_csr_values_cpu(d, rowptr, col);
   check_csc_values_cpu(d, csc_rowptr, csc_perm);
 
+  const GradRequest req = grad_request(output_mask);
   Needs need;
-  need.x = output_mask.get(0);
-  need.pos_src = output_mask.get(1);
-  need.pos_dst = output_mask.get(2);
-  need.attr = output_mask.get(3);
-  need.params = output_mask.get(4) || output_mask.get(5) ||
-                output_mask.get(6) || output_mask.get(7);
-  need.width = output_mask.get(8);
-  need.Wt = output_mask.get(9);
+  need.x = req[kGradXSrc];
+  need.pos_src = req[kGradPosSrc];
+  need.pos_dst = req[kGradPosDst];
+  need.attr = req[kGradEdgeAttr];
+  need.params = req.params();
+  need.width = req[kGradWidth];
+  need.Wt = req[kGradWt];
 
   // Every group is returned with its full shape (zeros where masked out).
   const auto opts = x_src.options();

@@ -45,6 +45,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -315,8 +316,9 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
           // dZ = dS Q:  B(g, f) = Q[g * F + f]
           tile_gemm<T>(S, rows, Ly.G, Ly.Q, Ly.F, 1, nullptr, Ly.F, dz, Ly.F, -1);
         } else {
+          const T* y = sm + Ly.sm_u_out;  // act(z), kept from the recompute
           for (int idx = threadIdx.x; idx < ne * Ly.hp; idx += blockDim.x)
-            dz[idx] = du[idx] * act_df<T>(Ly.act, z[idx]);
+            dz[idx] = du[idx] * pyg_implicit::activation_derivative<T>(Ly.act, z[idx], y[idx]);
         }
         __syncthreads();
         // dW[r, c] += sum_e dz[e, r] u_in[e, c];  db[r] += sum_e dz[e, r]
@@ -409,6 +411,42 @@ int64_t env_int(const char* name, int64_t dflt) {
   return (endp && *endp == '\0' && r > 0) ? (int64_t)r : dflt;
 }
 
+// PYG_IMPLICIT_CUDA_REPORT=1: one line per launch configuration on stderr
+// (edge tile, shared memory, occupancy, grid, row chunks), so that a first GPU
+// run shows its occupancy (benchmarks/gpu_check.sh sets it for the smoke stage).
+struct LaunchReport {
+  const char* kernel;
+  const char* dtype;
+  int64_t edges, rows;
+  int edge_tile;
+  int64_t smem_bytes;
+  int blocks_per_sm, sms, max_threads_per_sm;
+  int64_t grid, chunks, rows_per_chunk;
+};
+
+void report_launch(const LaunchReport& r) {
+  static const bool on = [] {
+    const char* v = std::getenv("PYG_IMPLICIT_CUDA_REPORT");
+    return v && *v && std::string(v) != "0";
+  }();
+  if (!on) return;
+  std::fprintf(stderr,
+               "[pyg_implicit cuda] %s %s: E=%lld rows=%lld edge_tile=%d smem=%lld B "
+               "threads=%d blocks/SM=%d SMs=%d occupancy=%.0f%% grid=%lld row_chunks=%lld "
+               "(%lld rows each)\n",
+               r.kernel, r.dtype, (long long)r.edges, (long long)r.rows, r.edge_tile,
+               (long long)r.smem_bytes, kThreads, r.blocks_per_sm, r.sms,
+               100.0 * r.blocks_per_sm * kThreads / std::max(r.max_threads_per_sm, 1), (long long)r.grid,
+               (long long)r.chunks, (long long)r.rows_per_chunk);
+}
+
+int blocks_per_sm(const void* kernel, int64_t smem) {
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads,
+                                                                (size_t)smem));
+  return n;
+}
+
 unsigned int grid_1d(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   b = std::max<int64_t>(1, std::min<int64_t>(b, 65535LL * 16));
@@ -419,107 +457,23 @@ struct Sizes {
   int64_t N_src, N_dst, E, d, A, C_in, C_out, H, L;
 };
 
-// Validates everything that can be validated without reading device memory.
-Sizes check_inputs(const char* op, const Tensor& x_src, const Tensor& pos_src,
-                   const Tensor& pos_dst, const Tensor& edge_attr, const Tensor& rowptr,
-                   const Tensor& col, at::TensorList weights, at::TensorList biases,
-                   at::TensorList samplers, at::TensorList projectors,
-                   at::IntArrayRef activations, const Tensor& width, const Tensor& Wt) {
-  TORCH_CHECK(x_src.is_cuda(), op, ": x_src must be a CUDA tensor");
-  const auto dev = x_src.device();
-  const auto dt = x_src.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op,
-              ": x_src must be float32 or float64, got ", dt);
-  auto chk_float = [&](const Tensor& t, const char* name) {
-    TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-    TORCH_CHECK(t.device() == dev, op, ": ", name, " must be on ", dev, ", got ", t.device());
-    TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must have dtype ", dt, ", got ",
-                t.scalar_type());
-  };
-  auto chk_index = [&](const Tensor& t, const char* name) {
-    TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-    TORCH_CHECK(t.device() == dev, op, ": ", name, " must be on ", dev, ", got ", t.device());
-    TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
-                t.scalar_type());
-    TORCH_CHECK(t.dim() == 1, op, ": ", name, " must be 1-D, got shape ", t.sizes());
-  };
-  chk_float(pos_src, "pos_src");
-  chk_float(pos_dst, "pos_dst");
-  chk_float(edge_attr, "edge_attr");
-  chk_float(width, "width");
-  chk_float(Wt, "Wt");
-  chk_index(rowptr, "rowptr");
-  chk_index(col, "col");
-
+// The sizes of a call from the shared checks (csrc/point_conv.cpp), plus
+// what only the CUDA kernels need: a CUDA device, at most kMaxLayers layers,
+// int32 indexing inside a tile.
+Sizes cuda_sizes(const char* op, const pyg_implicit::ConvDims& d, const Tensor& x_src) {
+  TORCH_CHECK(x_src.is_cuda(), op, ": x_src must be a CUDA tensor, got ", x_src.device());
   Sizes s;
-  TORCH_CHECK(x_src.dim() == 2, op, ": x_src must be [N_src, C_in], got ", x_src.sizes());
-  s.N_src = x_src.size(0);
-  s.C_in = x_src.size(1);
-  TORCH_CHECK(s.C_in >= 1, op, ": x_src needs at least one channel");
-  TORCH_CHECK(pos_src.dim() == 2 && pos_src.size(0) == s.N_src, op,
-              ": pos_src must be [N_src, d] with N_src = ", s.N_src, ", got ", pos_src.sizes());
-  s.d = pos_src.size(1);
-  TORCH_CHECK(s.d >= 1, op, ": positions need at least one coordinate");
-  TORCH_CHECK(pos_dst.dim() == 2 && pos_dst.size(1) == s.d, op,
-              ": pos_dst must be [N_dst, ", s.d, "], got ", pos_dst.sizes());
-  s.N_dst = pos_dst.size(0);
-  TORCH_CHECK(rowptr.numel() == s.N_dst + 1, op, ": rowptr must have N_dst + 1 = ",
-              s.N_dst + 1, " entries, got ", rowptr.numel());
-  s.E = col.numel();
-  TORCH_CHECK(edge_attr.dim() == 2 && edge_attr.size(0) == s.E, op,
-              ": edge_attr must be [E, A] with E = ", s.E, " (use [E, 0] for none), got ",
-              edge_attr.sizes());
-  s.A = edge_attr.size(1);
-  TORCH_CHECK(width.numel() == 1, op, ": width must hold one value, got shape ", width.sizes());
-
-  const int64_t L = (int64_t)weights.size();
-  s.L = L;
-  TORCH_CHECK(L <= kMaxLayers, op, ": the CUDA kernels support at most ", kMaxLayers,
-              " plan layers, got ", L);
-  TORCH_CHECK((int64_t)biases.size() == L && (int64_t)samplers.size() == L &&
-                  (int64_t)projectors.size() == L && (int64_t)activations.size() == L,
-              op, ": weights, biases, samplers, projectors and activations must have the same "
-              "length, got ", L, ", ", biases.size(), ", ", samplers.size(), ", ",
-              projectors.size(), ", ", activations.size());
-  int64_t Hprev = s.d + s.A;
-  for (int64_t l = 0; l < L; ++l) {
-    const Tensor& W = weights[l];
-    const Tensor& b = biases[l];
-    const Tensor& Q = samplers[l];
-    const Tensor& P = projectors[l];
-    chk_float(W, "weights[l]");
-    chk_float(b, "biases[l]");
-    TORCH_CHECK(W.dim() == 2 && W.size(1) == Hprev && W.size(0) >= 1, op, ": weights[", l,
-                "] must be [H', ", Hprev, "], got ", W.sizes());
-    const int64_t hp = W.size(0);
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == hp, op, ": biases[", l, "] must be [", hp,
-                "], got ", b.sizes());
-    const int64_t code = activations[l];
-    TORCH_CHECK(code >= 0 && code <= 4, op, ": activations[", l,
-                "] must be a code of plan.ACTIVATIONS (0..4), got ", code);
-    TORCH_CHECK(Q.defined() && P.defined(), op, ": samplers/projectors[", l, "] undefined");
-    if (Q.numel() == 0) {
-      TORCH_CHECK(P.numel() == 0, op, ": projectors[", l,
-                  "] must be empty when samplers[", l, "] is empty");
-      Hprev = hp;
-    } else {
-      chk_float(Q, "samplers[l]");
-      chk_float(P, "projectors[l]");
-      TORCH_CHECK(Q.dim() == 2, op, ": samplers[", l, "] must be [G, F], got ", Q.sizes());
-      const int64_t G = Q.size(0), F = Q.size(1);
-      TORCH_CHECK(hp % F == 0, op, ": weights[", l, "] rows (", hp,
-                  ") must be a multiple of samplers[", l, "].shape[1] (", F, ")");
-      TORCH_CHECK(P.dim() == 2 && P.size(1) == G && P.size(0) >= 1, op, ": projectors[", l,
-                  "] must be [F', ", G, "], got ", P.sizes());
-      Hprev = (hp / F) * P.size(0);
-    }
-  }
-  s.H = Hprev;
-  TORCH_CHECK(Wt.dim() == 2 && Wt.size(1) == (s.H + 1) * s.C_in, op,
-              ": Wt must be [C_out, (H + 1) * C_in] = [C_out, ", (s.H + 1) * s.C_in,
-              "], got ", Wt.sizes());
-  s.C_out = Wt.size(0);
-  // int32 indexing inside the tiles
+  s.N_src = d.n_src;
+  s.N_dst = d.n_dst;
+  s.E = d.num_edges;
+  s.d = d.d;
+  s.A = d.attr;
+  s.C_in = d.c_in;
+  s.C_out = d.c_out;
+  s.H = d.hidden;
+  s.L = (int64_t)d.layers.size();
+  TORCH_CHECK(s.L <= kMaxLayers, op, ": the CUDA kernels support at most ", kMaxLayers,
+              " plan layers, got ", s.L);
   TORCH_CHECK((s.H + 1) * s.C_in < (int64_t)1 << 31, op, ": (H + 1) * C_in too large");
   return s;
 }
@@ -629,6 +583,11 @@ void forward_impl(const Sizes& s, const PlanP<T>& plan, const Tensor& x_src,
 
   const int64_t arow = (s.H + 1) * s.C_in;
   const int64_t chunk = chunk_rows_for(s.N_dst, arow * (int64_t)sizeof(T));
+  report_launch({"point_conv_fwd_kernel", sizeof(T) == 4 ? "float32" : "float64", s.E,
+                 s.N_dst, TE, smem, blocks_per_sm((const void*)kernel, smem),
+                 prop->multiProcessorCount, prop->maxThreadsPerMultiProcessor,
+                 std::min<int64_t>(chunk, (int64_t)1 << 30),
+                 (s.N_dst + chunk - 1) / chunk, chunk});
   Tensor Aws = at::empty({chunk, arow}, x_src.options());
   const Tensor WtT = Wt.t();
   for (int64_t r0 = 0; r0 < s.N_dst; r0 += chunk) {
@@ -649,17 +608,18 @@ void forward_impl(const Sizes& s, const PlanP<T>& plan, const Tensor& x_src,
 Tensor point_conv_forward_cuda(const Tensor& x_src_, const Tensor& pos_src_,
                                const Tensor& pos_dst_, const Tensor& edge_attr_,
                                const Tensor& rowptr_, const Tensor& col_,
+                               const Tensor& csc_rowptr_, const Tensor& csc_perm_,
                                at::TensorList weights, at::TensorList biases,
                                at::TensorList samplers, at::TensorList projectors,
                                at::IntArrayRef activations, const Tensor& width,
                                const Tensor& Wt_) {
-  // shared checks first (same messages as the CPU backend), then the CUDA-specific ones
-  pyg_implicit::check_point_conv_inputs("point_conv_forward", x_src_, pos_src_, pos_dst_,
-                                        edge_attr_, rowptr_, col_, weights, biases, samplers,
-                                        projectors, activations, width, Wt_);
-  const Sizes s = check_inputs("point_conv_forward (CUDA)", x_src_, pos_src_, pos_dst_,
-                               edge_attr_, rowptr_, col_, weights, biases, samplers,
-                               projectors, activations, width, Wt_);
+  const char* op = "point_conv_forward";
+  const Sizes s = cuda_sizes(
+      op, pyg_implicit::check_point_conv_inputs(op, x_src_, pos_src_, pos_dst_, edge_attr_,
+                                                rowptr_, col_, csc_rowptr_, csc_perm_,
+                                                weights, biases, samplers, projectors,
+                                                activations, width, Wt_),
+      x_src_);
   const c10::cuda::CUDAGuard guard(x_src_.device());
   const Tensor x_src = x_src_.contiguous();
   const Tensor pos_src = pos_src_.contiguous();
@@ -695,35 +655,13 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
                                    at::TensorList projectors, at::IntArrayRef activations,
                                    const Tensor& width, const Tensor& Wt_,
                                    c10::List<bool> output_mask) {
-  const char* op = "point_conv_backward (CUDA)";
-  {
-    const pyg_implicit::ConvDims dims = pyg_implicit::check_point_conv_inputs(
-        "point_conv_backward", x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_, weights,
-        biases, samplers, projectors, activations, width, Wt_);
-    pyg_implicit::check_point_conv_backward_inputs(dims, grad_out_, x_src_, csc_rowptr_,
-                                                   csc_perm_, output_mask);
-  }
-  const Sizes s = check_inputs(op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_,
-                               weights, biases, samplers, projectors, activations, width, Wt_);
-  TORCH_CHECK(grad_out_.device() == x_src_.device() &&
-                  grad_out_.scalar_type() == x_src_.scalar_type(),
-              op, ": grad_out must match x_src's device and dtype");
-  TORCH_CHECK(grad_out_.dim() == 2 && grad_out_.size(0) == s.N_dst &&
-                  grad_out_.size(1) == s.C_out,
-              op, ": grad_out must be [", s.N_dst, ", ", s.C_out, "], got ", grad_out_.sizes());
-  for (const Tensor* t : {&csc_rowptr_, &csc_perm_}) {
-    TORCH_CHECK(t->device() == x_src_.device() && t->scalar_type() == at::kLong &&
-                    t->dim() == 1,
-                op, ": csc_rowptr and csc_perm must be 1-D int64 tensors on ", x_src_.device());
-  }
-  TORCH_CHECK(csc_rowptr_.numel() == s.N_src + 1, op, ": csc_rowptr must have N_src + 1 = ",
-              s.N_src + 1, " entries, got ", csc_rowptr_.numel());
-  TORCH_CHECK(csc_perm_.numel() == s.E, op, ": csc_perm must have E = ", s.E,
-              " entries, got ", csc_perm_.numel());
-  TORCH_CHECK(output_mask.size() == 10, op, ": output_mask must have 10 entries, got ",
-              output_mask.size());
-  bool mask[10];
-  for (int k = 0; k < 10; ++k) mask[k] = output_mask.get(k);
+  const char* op = "point_conv_backward";
+  const pyg_implicit::ConvDims dims = pyg_implicit::check_point_conv_inputs(
+      op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_, csc_rowptr_, csc_perm_,
+      weights, biases, samplers, projectors, activations, width, Wt_);
+  pyg_implicit::check_point_conv_backward_inputs(dims, grad_out_, x_src_, output_mask);
+  const Sizes s = cuda_sizes(op, dims, x_src_);
+  const pyg_implicit::GradRequest req = pyg_implicit::grad_request(output_mask);
 
   const c10::cuda::CUDAGuard guard(x_src_.device());
   const Tensor grad_out = grad_out_.contiguous();
@@ -747,9 +685,7 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
   Tensor g_width;
 
   const bool any_edges = s.E > 0 && s.N_dst > 0 && s.N_src > 0;
-  const bool need_edge_kernel =
-      any_edges && (mask[0] || mask[1] || mask[2] || mask[3] || mask[4] || mask[5] ||
-                    mask[6] || mask[7] || mask[8] || mask[9]);
+  const bool need_edge_kernel = any_edges && req.any();
 
   AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_backward_cuda", [&] {
     using T = scalar_t;
@@ -779,17 +715,18 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
       auto kernel = point_conv_bwd_kernel<T>;
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           (int)smem));
-      int per_sm = 0;
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
-                                                                    (size_t)smem));
+      const int per_sm = blocks_per_sm((const void*)kernel, smem);
       const int64_t NB = std::max<int64_t>(1, (int64_t)std::max(per_sm, 1) *
                                                   prop->multiProcessorCount);
       Tensor partial = at::zeros({NB, plan.n_params}, opts);
 
-      const bool need_A = mask[9];
-      const bool need_dF = mask[0];
+      const bool need_A = req[pyg_implicit::kGradWt];
+      const bool need_dF = req[pyg_implicit::kGradXSrc];
       const int64_t arow = (s.H + 1) * s.C_in;
       const int64_t chunk = chunk_rows_for(s.N_dst, 2 * arow * (int64_t)sizeof(T));
+      report_launch({"point_conv_bwd_kernel", sizeof(T) == 4 ? "float32" : "float64", s.E,
+                     s.N_dst, TE, smem, per_sm, prop->multiProcessorCount,
+                     prop->maxThreadsPerMultiProcessor, std::min<int64_t>(NB, chunk), (s.N_dst + chunk - 1) / chunk, chunk});
       Tensor dAws = at::empty({chunk, arow}, opts);
       Tensor Aws = need_A ? at::empty({chunk, arow}, opts) : Tensor();
       Tensor dF = need_dF ? at::zeros({s.E, s.C_in}, opts) : Tensor();
@@ -819,7 +756,7 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
             s.N_src, s.C_in, s.E, g_x.data_ptr<T>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      if (mask[1]) {
+      if (req[pyg_implicit::kGradPosSrc]) {
         csc_gather_kernel<T><<<grid_1d(s.N_src * s.d, threads), threads, 0, stream>>>(
             dX.data_ptr<T>(), csc_rowptr.data_ptr<int64_t>(), csc_perm.data_ptr<int64_t>(),
             s.N_src, s.d, s.E, g_pos_src.data_ptr<T>());
@@ -850,13 +787,13 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
   });
 
   // Masked-out groups are returned as zeros of their full shape (like the CPU backend).
-  if (!mask[2]) g_pos_dst.zero_();
-  if (!mask[3]) g_attr.zero_();
-  if (!(mask[4] || mask[5] || mask[6] || mask[7])) {
+  if (!req[pyg_implicit::kGradPosDst]) g_pos_dst.zero_();
+  if (!req[pyg_implicit::kGradEdgeAttr]) g_attr.zero_();
+  if (!req.params()) {
     for (auto* group : {&g_W, &g_b, &g_Q, &g_P})
       for (auto& t : *group) t.zero_();
   }
-  if (!mask[8]) g_width.zero_();
+  if (!req[pyg_implicit::kGradWidth]) g_width.zero_();
 
   return BwdResult(g_x, g_pos_src, g_pos_dst, g_attr, g_W, g_b, g_Q, g_P, g_width, g_Wt);
 }

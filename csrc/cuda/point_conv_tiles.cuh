@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "plan_contract.h"
+
 namespace pyg_implicit_cuda {
 
 constexpr int kMaxLayers = 8;  // plan layers supported by the CUDA kernels
@@ -116,43 +118,18 @@ inline BwdLayout bwd_layout_fill(PlanP<T>& p, int TE) {
 // ---------------------------------------------------------------------------
 __device__ __forceinline__ float dev_exp(float v) { return expf(v); }
 __device__ __forceinline__ double dev_exp(double v) { return exp(v); }
-__device__ __forceinline__ float dev_expm1(float v) { return expm1f(v); }
-__device__ __forceinline__ double dev_expm1(double v) { return expm1(v); }
-__device__ __forceinline__ float dev_tanh(float v) { return tanhf(v); }
-__device__ __forceinline__ double dev_tanh(double v) { return tanh(v); }
 
-// Activation codes: elu 0, relu 1, silu 2, tanh 3, sigmoid 4 (plan.ACTIVATIONS).
+// Activations: the contract's formulas (csrc/plan_contract.h).  act < 0 in
+// tile_gemm means identity.
 template <typename T>
 __device__ __forceinline__ T act_f(int code, T z) {
-  switch (code) {
-    case 0: return z > T(0) ? z : dev_expm1(z);
-    case 1: return z > T(0) ? z : T(0);
-    case 2: return z / (T(1) + dev_exp(-z));
-    case 3: return dev_tanh(z);
-    default: return T(1) / (T(1) + dev_exp(-z));
-  }
+  return pyg_implicit::activation_value<T>(code, z);
 }
 
-// Derivative of the activation w.r.t. its pre-activation z (same conventions
-// as torch's backward formulas: relu'(0) = 0, elu'(0) = 1).
+// d act / d z from the pre-activation alone (recomputes the activation).
 template <typename T>
 __device__ __forceinline__ T act_df(int code, T z) {
-  switch (code) {
-    case 0: return z > T(0) ? T(1) : dev_exp(z);
-    case 1: return z > T(0) ? T(1) : T(0);
-    case 2: {
-      const T sg = T(1) / (T(1) + dev_exp(-z));
-      return sg * (T(1) + z * (T(1) - sg));
-    }
-    case 3: {
-      const T t = dev_tanh(z);
-      return T(1) - t * t;
-    }
-    default: {
-      const T sg = T(1) / (T(1) + dev_exp(-z));
-      return sg * (T(1) - sg);
-    }
-  }
+  return pyg_implicit::activation_derivative<T>(code, z, act_f<T>(code, z));
 }
 
 // ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..plan import ACTIVATIONS, KernelPlan
-from .csr import CSRGraph, csc_from_col
+from .csr import CSRGraph
 
 __all__ = ["fused_point_conv", "is_available", "unavailable_reason"]
 
@@ -42,15 +42,15 @@ def unavailable_reason() -> str:
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-_NUM_GRAD_GROUPS = 10
 
 
 # --------------------------------------------------------------------------
 # fake kernels and autograd (registered only when the ops exist)
 # --------------------------------------------------------------------------
 
-def _forward_fake(x_src, pos_src, pos_dst, edge_attr, rowptr, col, weights,
-                  biases, samplers, projectors, activations, width, Wt):
+def _forward_fake(x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr,
+                  csc_perm, weights, biases, samplers, projectors, activations,
+                  width, Wt):
     return x_src.new_empty((pos_dst.shape[0], Wt.shape[0]))
 
 
@@ -66,31 +66,35 @@ def _backward_fake(grad_out, x_src, pos_src, pos_dst, edge_attr, rowptr, col,
 
 
 def _forward_setup_context(ctx, inputs, output):
-    (x_src, pos_src, pos_dst, edge_attr, rowptr, col, weights, biases,
-     samplers, projectors, activations, width, Wt) = inputs
+    (x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr, csc_perm,
+     weights, biases, samplers, projectors, activations, width, Wt) = inputs
     ctx.num_layers = len(weights)
     ctx.activations = list(activations)
     ctx.save_for_backward(x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-                          width, Wt, *weights, *biases, *samplers, *projectors)
+                          csc_rowptr, csc_perm, width, Wt, *weights, *biases,
+                          *samplers, *projectors)
 
 
 def _forward_backward(ctx, grad_out):
     saved = ctx.saved_tensors
-    x_src, pos_src, pos_dst, edge_attr, rowptr, col, width, Wt = saved[:8]
+    (x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr, csc_perm,
+     width, Wt) = saved[:10]
     L = ctx.num_layers
-    rest = saved[8:]
+    rest = saved[10:]
     weights, biases = list(rest[:L]), list(rest[L:2 * L])
     samplers, projectors = list(rest[2 * L:3 * L]), list(rest[3 * L:4 * L])
+    # inputs: x_src 0, pos_src 1, pos_dst 2, edge_attr 3, rowptr 4, col 5,
+    # csc_rowptr 6, csc_perm 7, weights 8, biases 9, samplers 10, projectors 11,
+    # activations 12, width 13, Wt 14; mask order: csrc/plan_contract.h GradGroup
     nig = ctx.needs_input_grad
     mask = [bool(nig[0]), bool(nig[1]), bool(nig[2]), bool(nig[3]),
-            any(nig[6]), any(nig[7]), any(nig[8]), any(nig[9]),
-            bool(nig[11]), bool(nig[12])]
+            any(nig[8]), any(nig[9]), any(nig[10]), any(nig[11]),
+            bool(nig[13]), bool(nig[14])]
     # autograd's pytree spec needs an empty list (not None) for an empty int[]
     g_acts = [] if L == 0 else None
     none_lists = ([None] * L, [None] * L, [None] * L, [None] * L)
     if not any(mask):
-        return (None, None, None, None, None, None, *none_lists, g_acts, None, None)
-    csc_rowptr, csc_perm = csc_from_col(col, x_src.shape[0])
+        return (None,) * 8 + (*none_lists, g_acts, None, None)
     (g_x, g_ps, g_pd, g_ea, g_W, g_b, g_Q, g_P, g_w, g_Wt) = \
         torch.ops.pyg_implicit.point_conv_backward(
             grad_out, x_src, pos_src, pos_dst, edge_attr, rowptr, col,
@@ -104,10 +108,10 @@ def _forward_backward(ctx, grad_out):
         return [t if f else None for f, t in zip(flags, ts)]
 
     return (pick(nig[0], g_x), pick(nig[1], g_ps), pick(nig[2], g_pd),
-            pick(nig[3], g_ea), None, None,
-            pick_list(nig[6], g_W), pick_list(nig[7], g_b),
-            pick_list(nig[8], g_Q), pick_list(nig[9], g_P),
-            g_acts, pick(nig[11], g_w), pick(nig[12], g_Wt))
+            pick(nig[3], g_ea), None, None, None, None,
+            pick_list(nig[8], g_W), pick_list(nig[9], g_b),
+            pick_list(nig[10], g_Q), pick_list(nig[11], g_P),
+            g_acts, pick(nig[13], g_w), pick(nig[14], g_Wt))
 
 
 def _backward_setup_context(ctx, inputs, output):
@@ -273,6 +277,8 @@ def fused_point_conv(x_src: Tensor, pos_src: Tensor, pos_dst: Tensor,
     _check_index("csr.rowptr", csr.rowptr, device, n_dst + 1)
     _check_index("csr.col", csr.col, device, E)
     _check_index("csr.perm", csr.perm, device, E)
+    _check_index("csr.csc_rowptr", csr.csc_rowptr, device, n_src + 1)
+    _check_index("csr.csc_perm", csr.csc_perm, device, E)
     attr_dim = getattr(plan, "attr_dim", None)
     if edge_attr is None:
         if attr_dim:
@@ -291,6 +297,6 @@ def fused_point_conv(x_src: Tensor, pos_src: Tensor, pos_dst: Tensor,
     _check_plan(plan, dtype, device, d, edge_attr_csr.shape[1], c_in)
     return torch.ops.pyg_implicit.point_conv_forward(
         x_src, pos_src, pos_dst, edge_attr_csr, csr.rowptr, csr.col,
-        list(plan.weights), list(plan.biases), list(plan.samplers),
+        csr.csc_rowptr, csr.csc_perm, list(plan.weights), list(plan.biases), list(plan.samplers),
         list(plan.projectors), [int(a) for a in plan.activations], plan.width,
         plan.Wt)
