@@ -217,8 +217,19 @@ def roofline(plan, n_src, n_dst, E, d, itemsize, rates):
     # backward: recompute the MLP, back-propagate (2 GEMMs per forward GEMM),
     # dg/df per edge (2 x 2 (H+1) C_in), dA and dWt node GEMMs
     bwd_flops = E * (3 * mlp + 4 * H1 * cin) + n_dst * 4 * H1 * cin * cout
-    fwd_bytes = itemsize * (n_src * (cin + d) + n_dst * (d + cout)) + 8 * (E + n_dst + 1)
-    bwd_bytes = 2 * fwd_bytes + itemsize * (n_src * (cin + d) + n_dst * d)
+    A = plan.attr_dim
+    # inputs and output once, indices, plus the workspaces of the CUDA backend:
+    # A = sum_e g_e (x) f_j per row written by the edge kernel and read by the
+    # node GEMM ([N_dst, (H+1) C_in], write + read)
+    io_bytes = itemsize * (n_src * (cin + d) + n_dst * (d + cout) + E * A) \
+        + 8 * (E + n_dst + 1)
+    workspace = itemsize * n_dst * H1 * cin
+    fwd_bytes = io_bytes + 2 * workspace
+    # backward: inputs again and the input gradients, dA = dout Wt in two
+    # layouts and the recomputed A (write + read each), per-edge dF [E, C_in]
+    # and dX [E, d] (write + gathered read) and grad edge_attr [E, A] (write)
+    bwd_bytes = (io_bytes + itemsize * (n_src * (cin + d) + n_dst * d + E * A)
+                 + 6 * workspace + 2 * itemsize * E * (cin + d) + 8 * (E + n_src + 1))
     out = {}
     for name, (tflops, tbps) in rates.items():
         f_fwd = max(fwd_flops / (tflops * 1e12), fwd_bytes / (tbps * 1e12)) * 1e3
@@ -228,6 +239,8 @@ def roofline(plan, n_src, n_dst, E, d, itemsize, rates):
     out["fwd_gflop"] = fwd_flops / 1e9
     out["fwd_bwd_gflop"] = (fwd_flops + bwd_flops) / 1e9
     out["fwd_mbytes"] = fwd_bytes / 1e6
+    out["fwd_bwd_mbytes"] = (fwd_bytes + bwd_bytes) / 1e6
+    out["workspace_mbytes"] = workspace / 1e6
     return out
 
 

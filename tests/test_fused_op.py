@@ -375,27 +375,43 @@ def test_empty_graph_and_isolated_nodes(device):
 # --------------------------------------------------------------------------
 
 _REPORT_SCRIPT = r"""
-import sys, torch
+import hashlib, sys, torch
 sys.path.insert(0, sys.argv[2])
 from op_cases import fused_with_grads, random_problem
 prob = random_problem(n_src=30, n_dst=20, num_edges=80, hub_degree=40)
-fused_with_grads(prob, sys.argv[1], torch.randn(20, 4, dtype=torch.float64))
+grad_out = torch.randn(20, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+res = fused_with_grads(prob, sys.argv[1], grad_out)
+print(hashlib.sha256(b"".join(t.numpy().tobytes() for t in res if t is not None)).hexdigest())
 """
+
+
+def _run_report_script(device, **env):
+    r = subprocess.run([sys.executable, "-c", _REPORT_SCRIPT, device, TESTS], cwd=ROOT,
+                       env={**os.environ, **env}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
 
 
 @on_cuda_source
 def test_cuda_launch_report(device):
     """PYG_IMPLICIT_CUDA_REPORT=1 prints each launch's configuration (read once
     per process: a fresh interpreter)."""
-    env = {**os.environ, "PYG_IMPLICIT_CUDA_REPORT": "1"}
-    r = subprocess.run([sys.executable, "-c", _REPORT_SCRIPT, device, TESTS], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run_report_script(device, PYG_IMPLICIT_CUDA_REPORT="1")
     for kernel in ("point_conv_fwd_kernel", "point_conv_bwd_kernel"):
         lines = [ln for ln in r.stderr.splitlines() if f"[pyg_implicit cuda] {kernel}" in ln]
         assert lines, r.stderr[-3000:]
         for key in ("edge_tile=", "smem=", "blocks/SM=", "grid=", "row_chunks="):
             assert key in lines[0], lines[0]
+
+
+@on_cuda_source
+def test_cuda_register_accumulator_switch_is_bitwise_neutral(device):
+    """A_i in registers (default) or in the workspace (PYG_IMPLICIT_CUDA_ACC_REGS=0):
+    the same bits, forward and every gradient."""
+    digests = {v: _run_report_script(device, PYG_IMPLICIT_CUDA_ACC_REGS=v).stdout.split()[-1]
+               for v in ("0", "1")}
+    assert digests["0"] == digests["1"], digests
 
 
 def _fused64(x, ps, pd, ei, plan, device):
@@ -448,11 +464,23 @@ def test_cuda_many_row_chunks(device, monkeypatch):
     """A tiny workspace budget forces many row chunks (PYG_IMPLICIT_CUDA_WS_MB=1)."""
     monkeypatch.setenv("PYG_IMPLICIT_CUDA_WS_MB", "1")
     # (H + 1) * C_in * 8 bytes = 10 * 16 * 8 = 1280 B per row -> 819 rows per chunk,
-    # 2 workspaces in the backward -> 409 rows per chunk
+    # 3 workspaces in the backward -> 273 rows per chunk
     prob = random_problem(d=3, attr=0, c_in=16, c_out=5, n_src=1500, n_dst=2000,
                           num_edges=6000, layers=(("fourier", "elu", 3, 3, 6, 3),), seed=6,
                           hub_degree=1000)
     check_problem(prob, torch.float64, device, seed=6)
+
+
+@on_cuda_source
+def test_cuda_wide_rows_accumulate_in_workspace(device):
+    """(H + 1) C_in = 33 x 64 = 2112 > 2048 entries of A_i per row: more than
+    the registers hold (kAccPerThread x 256 threads), so A_i accumulates in the
+    workspace; float64 and float32."""
+    prob = random_problem(d=3, attr=1, c_in=64, c_out=3, n_src=30, n_dst=20, num_edges=100,
+                          layers=(("fourier", "elu", 8, 2, 5, 4),), seed=16, hub_degree=60)
+    assert (prob[5].hidden_dim + 1) * 64 > 2048
+    check_problem(prob, torch.float64, device, seed=16)
+    check_problem(prob, torch.float32, device, seed=16)
 
 
 @on_cuda_source

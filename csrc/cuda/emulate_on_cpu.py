@@ -6,10 +6,14 @@ GPU run (benchmarks/gpu_check.sh). It compiles point_conv_cuda.cu and
 point_conv_tiles.cuh *as they are* as C++, with a force-included prelude
 (emulated/prelude.h in the work folder) and stub CUDA headers placed first on
 the include path: CUDA qualifiers become no-ops, each launch runs its blocks
-one after another on a pool of ``blockDim`` std::threads (256, the GPU's
-mapping), ``__syncthreads()`` is a std::barrier, dynamic shared memory a
-NaN-poisoned buffer followed by a guard that must stay intact, ATen's CUDA
-calls stubs of an H100-like device with 3 multiprocessors. The only source
+one after another, the ``blockDim`` threads of a block (256, the GPU's
+mapping) as fibers that run from one ``__syncthreads()`` to the next in an
+order that alternates between phases (0..255, then 255..0: a read of what
+another thread writes in the same phase, a missing barrier, sees the other
+value in one of the two orders), a barrier reached by only some threads is an
+error, dynamic shared memory is a NaN-poisoned buffer followed by a guard
+that must stay intact, ATen's CUDA calls are stubs of an H100-like device
+with 3 multiprocessors. The only source
 rewrites are syntax C++ lacks, found by regular expressions: a launch
 ``k<<<...>>>(args)`` becomes ``emu::launch(...)``, the CUDA dispatch key of the
 registration becomes CPU, ``t.is_cuda()`` becomes true.
@@ -24,15 +28,16 @@ package, and runs tests/test_fused_op.py there as backend ``cuda_emulated``,
 required (PYG_IMPLICIT_REQUIRE): nothing of it may skip. ThreadSanitizer is
 not used (it cannot run inside an uninstrumented CPython with torch).
 
-What it checks: indexing, shared-memory layout and bounds, every code path of
-the host logic (tiling, chunks, partial reductions, masks) and the numbers,
-with real concurrency between barriers. What it cannot: warp-level behaviour,
-real GPU memory, timing, cuBLAS on the device.
+What it checks: indexing, shared-memory layout and bounds, barrier placement,
+every code path of the host logic (tiling, chunks, partial reductions, masks)
+and the numbers. What it cannot: warp-level behaviour (no warp intrinsics
+are used), real GPU memory, timing, cuBLAS on the device.
 
 Usage: python csrc/cuda/emulate_on_cpu.py [--sanitize address|none] [--workdir DIR]
            [pytest args...]
 """
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -66,12 +71,15 @@ def translate(cu: str) -> str:
 PRELUDE = r'''// Force-included before the CUDA source in the CPU emulation.
 #pragma once
 #include <ATen/ATen.h>
-#include <atomic>
-#include <barrier>
+#include <ucontext.h>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <thread>
 #include <vector>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 #define __global__
 #define __device__
 #define __host__
@@ -82,14 +90,13 @@ PRELUDE = r'''// Force-included before the CUDA source in the CPU emulation.
 #define __grid_constant__
 #define __restrict__ __restrict
 struct EmuDim3 { unsigned x = 1, y = 1, z = 1; };
-inline thread_local EmuDim3 threadIdx, blockIdx;
-inline EmuDim3 blockDim, gridDim;
+inline EmuDim3 threadIdx, blockIdx, blockDim, gridDim;
 template <class A, class B> inline auto min(A a, B b) { return a < b ? a : b; }
 template <class A, class B> inline auto max(A a, B b) { return a < b ? b : a; }
 namespace emu {
 constexpr size_t kSmemLimit = 232448;  // H100/H200 opt-in per block
 constexpr size_t kGuard = 4096;
-inline std::barrier<>* g_bar = nullptr;
+constexpr size_t kStack = 256 * 1024;  // per emulated thread
 struct Cfg { unsigned grid; int threads; size_t smem; int stream; };
 }  // namespace emu
 // `extern __shared__ unsigned char smem_raw[];` inside the kernels names this.
@@ -105,7 +112,125 @@ inline bool guard_intact(size_t smem) {
     if (pyg_implicit_cuda::smem_raw[smem + k] != 0xFF) return false;
   return true;
 }
-// Blocks run one after another on one pool of c.threads threads.
+
+// The threads of a block are fibers on the calling thread. Each runs until
+// its next __syncthreads() or its end; a barrier releases when every thread
+// has reached it. The order in which threads run between two barriers
+// alternates (0..n-1, then n-1..0), so a read of shared memory that another
+// thread writes in the same phase (a missing __syncthreads()) sees the other
+// value in one of the two orders: races show up deterministically.
+// Context switch: a few instructions on x86-64 (callee-saved registers and
+// the stack pointer), swapcontext elsewhere.
+#if defined(__x86_64__)
+extern "C" void pygi_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .pushsection .text
+  .weak pygi_emu_switch
+  .type pygi_emu_switch, @function
+pygi_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size pygi_emu_switch, .-pygi_emu_switch
+  .popsection
+)");
+struct Context {
+  void* sp = nullptr;
+};
+#else
+struct Context {
+  ucontext_t uc;
+};
+#endif
+
+struct Scheduler {
+  Context main_ctx;
+  std::vector<Context> ctx;
+  std::vector<std::vector<char>> stacks;
+  std::vector<int> state;  // 0 running, 1 at a barrier, 2 finished
+  int current = -1;
+  void (*invoke)(void*) = nullptr;  // runs the kernel body
+  void* body = nullptr;
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake_main = nullptr;
+  const void* main_bottom = nullptr;  // the launching thread's stack
+  size_t main_size = 0;
+#endif
+};
+inline Scheduler* g_sched = nullptr;
+
+inline void switch_to(Context& from, Context& to) {
+#if defined(__x86_64__)
+  pygi_emu_switch(&from.sp, to.sp);
+#else
+  swapcontext(&from.uc, &to.uc);
+#endif
+}
+
+inline void to_main(Scheduler& s) {  // from a fiber back to the scheduler
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(s.state[s.current] == 2 ? nullptr : &fake, s.main_bottom,
+                                 s.main_size);
+#endif
+  switch_to(s.ctx[s.current], s.main_ctx);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake, &s.main_bottom, &s.main_size);
+#endif
+}
+
+inline void to_fiber(Scheduler& s, int t) {  // from the scheduler into fiber t
+  s.current = t;
+  threadIdx.x = t;
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(&s.fake_main, s.stacks[t].data(), s.stacks[t].size());
+#endif
+  switch_to(s.main_ctx, s.ctx[t]);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(s.fake_main, nullptr, nullptr);
+#endif
+}
+
+inline void fiber_start() {  // first code of every fiber; never returns
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &g_sched->main_bottom, &g_sched->main_size);
+#endif
+  g_sched->invoke(g_sched->body);
+  g_sched->state[g_sched->current] = 2;
+  to_main(*g_sched);
+  std::abort();  // a finished fiber is never resumed
+}
+
+inline void make_fiber(Scheduler& s, int t) {
+  char* base = s.stacks[t].data();
+#if defined(__x86_64__)
+  uintptr_t top = (reinterpret_cast<uintptr_t>(base) + s.stacks[t].size()) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                                       // fake return address
+  *--sp = reinterpret_cast<void*>(&fiber_start);         // `ret` of the switch
+  for (int r = 0; r < 6; ++r) *--sp = nullptr;           // rbp rbx r12..r15
+  s.ctx[t].sp = sp;
+#else
+  getcontext(&s.ctx[t].uc);
+  s.ctx[t].uc.uc_stack.ss_sp = base;
+  s.ctx[t].uc.uc_stack.ss_size = s.stacks[t].size();
+  s.ctx[t].uc.uc_link = nullptr;
+  makecontext(&s.ctx[t].uc, fiber_start, 0);
+#endif
+}
+
 template <class F, class... A>
 void launch(Cfg c, F f, A... a) {
   TORCH_CHECK(c.grid >= 1 && c.threads >= 1 && c.threads <= 1024, "emu: bad launch");
@@ -113,32 +238,43 @@ void launch(Cfg c, F f, A... a) {
               " over the device limit");
   gridDim.x = c.grid;
   blockDim.x = c.threads;
-  std::barrier<> bar(c.threads);
-  g_bar = &bar;
-  std::atomic<bool> overflow{false};
-  std::vector<std::thread> pool;
-  for (int t = 0; t < c.threads; ++t) {
-    pool.emplace_back([&, t]() {
-      threadIdx.x = t;
-      for (unsigned b = 0; b < c.grid; ++b) {
-        if (t == 0) {
-          if (b > 0 && !guard_intact(c.smem)) overflow = true;
-          poison(c.smem);
-        }
-        bar.arrive_and_wait();
-        blockIdx.x = b;
-        f(a...);
-        bar.arrive_and_wait();
+  auto body = [&]() { f(a...); };
+  Scheduler s;
+  s.body = &body;
+  s.invoke = [](void* b) { (*static_cast<decltype(body)*>(b))(); };
+  g_sched = &s;
+  const int n = c.threads;
+  s.ctx.resize(n);
+  s.stacks.assign(n, std::vector<char>(kStack));
+  s.state.assign(n, 0);
+  for (unsigned b = 0; b < c.grid; ++b) {
+    blockIdx.x = b;
+    poison(c.smem);
+    for (int t = 0; t < n; ++t) {
+      make_fiber(s, t);
+      s.state[t] = 0;
+    }
+    for (int phase = 0;; ++phase) {
+      for (int k = 0; k < n; ++k) {
+        const int t = phase % 2 == 0 ? k : n - 1 - k;
+        if (s.state[t] == 0) to_fiber(s, t);
       }
-      if (t == 0 && !guard_intact(c.smem)) overflow = true;
-    });
+      int at_barrier = 0, finished = 0;
+      for (int t = 0; t < n; ++t) (s.state[t] == 1 ? at_barrier : finished) += 1;
+      if (finished == n) break;
+      TORCH_CHECK(finished == 0, "emu: __syncthreads() reached by ", at_barrier, " of ", n,
+                  " threads of block ", b, " while the others returned (divergent barrier)");
+      for (int t = 0; t < n; ++t) s.state[t] = 0;  // release the barrier
+    }
+    TORCH_CHECK(guard_intact(c.smem), "emu: shared-memory overflow past ", c.smem, " bytes");
   }
-  for (auto& th : pool) th.join();
-  g_bar = nullptr;
-  TORCH_CHECK(!overflow, "emu: shared-memory overflow past ", c.smem, " bytes");
+  g_sched = nullptr;
 }
 }  // namespace emu
-inline void __syncthreads() { emu::g_bar->arrive_and_wait(); }
+inline void __syncthreads() {
+  emu::g_sched->state[emu::g_sched->current] = 1;
+  emu::to_main(*emu::g_sched);
+}
 '''
 
 STUBS = {
@@ -257,9 +393,19 @@ def main():
                HYPOTHESIS_PROFILE=env.get("HYPOTHESIS_PROFILE", "quick"))
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
            "tests/test_fused_op.py", "-k", "cuda_emulated", *pytest_args]
+    asan_log = os.path.join(work, "asan")
+    if args.sanitize == "address":
+        # pytest captures stderr, and an ASan abort loses what it captured: the
+        # reports go to files, printed below
+        env["ASAN_OPTIONS"] = f"{env.get('ASAN_OPTIONS', '')}:log_path={asan_log}".lstrip(":")
     print(f"emulated CUDA kernels (sanitizer: {args.sanitize}):", " ".join(cmd), "in", pkg,
           flush=True)
-    sys.exit(subprocess.call(cmd, cwd=pkg, env=env))
+    rc = subprocess.call(cmd, cwd=pkg, env=env)
+    reports = sorted(glob.glob(asan_log + ".*"))
+    for path in reports:
+        with open(path, errors="replace") as f:
+            print(f"---- AddressSanitizer report {path} ----\n{f.read()}", flush=True)
+    sys.exit(rc if rc or not reports else 1)
 
 
 if __name__ == "__main__":

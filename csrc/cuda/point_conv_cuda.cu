@@ -11,12 +11,15 @@
 //      (dense layers and Fourier sample/activate/project steps as small
 //      block-level GEMMs, tile_gemm), forms g_e = [s_e u_e, s_e] and
 //      accumulates A_i += sum_e g_e (x) f_j. A_i ((H+1) x C_in) is owned by the
-//      block; it is written once per row into a per-chunk workspace.
+//      block and stays in registers across the row's tiles (up to 8 entries
+//      per thread, (H+1) C_in <= 2048; larger rows accumulate in the
+//      workspace); it is written once per row into a per-chunk workspace.
 //   2. out[chunk] = A_chunk @ Wt^T (cuBLAS through ATen: a tiled GEMM).
 //   Nothing proportional to E x H, E x grid or E x C_out x C_in is allocated.
 //
 // Backward (recompute), per chunk of target rows:
-//   1. dA_chunk = dout[chunk] @ Wt (cuBLAS).
+//   1. dA_chunk = dout[chunk] @ Wt (cuBLAS), twice: k-major and c-major, so
+//      that both per-edge products below read it coalesced.
 //   2. point_conv_bwd_kernel: a persistent grid of NB blocks, block b owning
 //      rows b, b + NB, ... of the chunk. Per tile it recomputes the MLP keeping
 //      every activation of the tile in shared memory, recomputes g_e and
@@ -139,7 +142,7 @@ point_conv_fwd_kernel(const __grid_constant__ PlanP<T> p, const FwdLayout lay, c
                       const T* __restrict__ pos_dst, const T* __restrict__ edge_attr,
                       const int64_t* __restrict__ rowptr, const int64_t* __restrict__ col,
                       const int64_t N_src, const int64_t E, const int64_t row_begin,
-                      const int64_t nrows, T* __restrict__ Aws) {
+                      const int64_t nrows, const bool allow_acc_regs, T* __restrict__ Aws) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sm = reinterpret_cast<T*>(smem_raw);
   T* bufA = sm + lay.bufA;
@@ -153,6 +156,7 @@ point_conv_fwd_kernel(const __grid_constant__ PlanP<T> p, const FwdLayout lay, c
 
   const int H = p.H, H1 = p.H + 1, Cin = p.C_in;
   const int64_t arow = (int64_t)H1 * Cin;
+  const bool acc_in_regs = allow_acc_regs && arow <= (int64_t)kAccPerThread * blockDim.x;
   const T w = *p.width;
   const T inv2w2 = T(0.5) / (w * w);
 
@@ -165,6 +169,9 @@ point_conv_fwd_kernel(const __grid_constant__ PlanP<T> p, const FwdLayout lay, c
       for (int64_t idx = threadIdx.x; idx < arow; idx += blockDim.x) Arow[idx] = T(0);
       continue;
     }
+    T acc[kAccPerThread];
+#pragma unroll
+    for (int s = 0; s < kAccPerThread; ++s) acc[s] = T(0);
     bool first = true;
     for (int64_t p0 = start; p0 < end; p0 += TE) {
       const int ne = (int)min((int64_t)TE, end - p0);
@@ -178,11 +185,15 @@ point_conv_fwd_kernel(const __grid_constant__ PlanP<T> p, const FwdLayout lay, c
         gb[idx] = k < H ? s * uL[e * H + k] : s;
       }
       __syncthreads();
-      // A_i[k, c] += sum_e g[e, k] f[e, c]
-      tile_outer_acc<T>(gb, H1, H1, fb, Cin, Cin, ne, Arow, !first);
+      // A_i[k, c] += sum_e g[e, k] f[e, c]  (in registers when it fits)
+      if (acc_in_regs)
+        tile_outer_acc_regs<T>(gb, H1, fb, Cin, H1, Cin, ne, acc);
+      else
+        tile_outer_acc<T>(gb, H1, H1, fb, Cin, Cin, ne, Arow, !first);
       first = false;
       __syncthreads();
     }
+    if (acc_in_regs) store_acc_regs<T>(acc, (int)arow, Arow);
   }
 }
 
@@ -193,8 +204,9 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
                       const T* __restrict__ pos_dst, const T* __restrict__ edge_attr,
                       const int64_t* __restrict__ rowptr, const int64_t* __restrict__ col,
                       const int64_t N_src, const int64_t E, const int64_t row_begin,
-                      const int64_t nrows,
-                      const T* __restrict__ dAws,   // [nrows, (H+1) C_in]
+                      const int64_t nrows, const bool allow_acc_regs,
+                      const T* __restrict__ dAws,   // [nrows, (H+1) C_in], k-major
+                      const T* __restrict__ dATws,  // [nrows, C_in (H+1)], c-major
                       T* __restrict__ Aws,          // [nrows, (H+1) C_in] or null
                       T* __restrict__ dF,           // [E, C_in] or null
                       T* __restrict__ dX,           // [E, d]
@@ -218,6 +230,7 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
 
   const int d = p.d, A = p.A, H0 = p.H0, H = p.H, H1 = p.H + 1, Cin = p.C_in;
   const int64_t arow = (int64_t)H1 * Cin;
+  const bool acc_in_regs = allow_acc_regs && arow <= (int64_t)kAccPerThread * blockDim.x;
   const T w = *p.width;
   const T inv2w2 = T(0.5) / (w * w);
   const T inv_w2 = T(1) / (w * w);
@@ -229,8 +242,12 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
     const int64_t start = max(rowptr[row], (int64_t)0);
     const int64_t end = min(rowptr[row + 1], E);
     const T* dArow = dAws + lr * arow;
+    const T* dATrow = dATws + lr * arow;
     T* Arow = Aws ? Aws + lr * arow : nullptr;
     T pd_acc = T(0);  // thread t < d: grad_pos_dst[row, t]
+    T acc[kAccPerThread];  // A_i (recomputed for grad Wt) when it fits in registers
+#pragma unroll
+    for (int s = 0; s < kAccPerThread; ++s) acc[s] = T(0);
     bool first = true;
     for (int64_t p0 = start; p0 < end; p0 += TE) {
       const int ne = (int)min((int64_t)TE, end - p0);
@@ -271,9 +288,13 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
       __syncthreads();
 
       // ---- node-level quantities ----
-      if (Arow) tile_outer_acc<T>(gb, H1, H1, fb, Cin, Cin, ne, Arow, !first);
-      // dg[e, k] = sum_c dA[k, c] f[e, c]      B(c, k) = dA[k * Cin + c]
-      tile_gemm<T>(fb, ne, Cin, dArow, 1, Cin, nullptr, H1, dgb, H1, -1);
+      if (Arow && acc_in_regs)
+        tile_outer_acc_regs<T>(gb, H1, fb, Cin, H1, Cin, ne, acc);
+      else if (Arow)
+        tile_outer_acc<T>(gb, H1, H1, fb, Cin, Cin, ne, Arow, !first);
+      // dg[e, k] = sum_c dA[k, c] f[e, c]      B(c, k) = dAT[c * H1 + k]
+      // (read from the c-major copy: consecutive threads (k) read consecutive words)
+      tile_gemm<T>(fb, ne, Cin, dATrow, H1, 1, nullptr, H1, dgb, H1, -1);
       // dF[p0 + e, c] = sum_k g[e, k] dA[k, c]  B(k, c) = dA[k * Cin + c]
       if (dF) tile_gemm<T>(gb, ne, H1, dArow, Cin, 1, nullptr, Cin, dF + p0 * Cin, Cin, -1);
       __syncthreads();
@@ -359,7 +380,9 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
       first = false;
       __syncthreads();
     }
-    if (first && Arow) {  // degree-0 row: A_i = 0
+    if (Arow && acc_in_regs) {
+      store_acc_regs<T>(acc, (int)arow, Arow);  // zeros for a degree-0 row
+    } else if (first && Arow) {  // degree-0 row: A_i = 0
       for (int64_t idx = threadIdx.x; idx < arow; idx += blockDim.x) Arow[idx] = T(0);
     }
     if (threadIdx.x < d) gpos_dst[row * d + threadIdx.x] = pd_acc;
@@ -436,7 +459,8 @@ void report_launch(const LaunchReport& r) {
                "(%lld rows each)\n",
                r.kernel, r.dtype, (long long)r.edges, (long long)r.rows, r.edge_tile,
                (long long)r.smem_bytes, kThreads, r.blocks_per_sm, r.sms,
-               100.0 * r.blocks_per_sm * kThreads / std::max(r.max_threads_per_sm, 1), (long long)r.grid,
+               100.0 * r.blocks_per_sm * kThreads / std::max(r.max_threads_per_sm, 1),
+               (long long)r.grid,
                (long long)r.chunks, (long long)r.rows_per_chunk);
 }
 
@@ -445,6 +469,16 @@ int blocks_per_sm(const void* kernel, int64_t smem) {
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads,
                                                                 (size_t)smem));
   return n;
+}
+
+// PYG_IMPLICIT_CUDA_ACC_REGS=0 keeps A_i in the workspace instead of registers
+// (an A/B switch for the benchmark; the results are bitwise the same).
+bool acc_regs_allowed() {
+  static const bool on = [] {
+    const char* v = std::getenv("PYG_IMPLICIT_CUDA_ACC_REGS");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
 }
 
 unsigned int grid_1d(int64_t n, int threads) {
@@ -596,7 +630,7 @@ void forward_impl(const Sizes& s, const PlanP<T>& plan, const Tensor& x_src,
     kernel<<<grid, kThreads, (size_t)smem, stream>>>(
         plan, lay, TE, x_src.data_ptr<T>(), pos_src.data_ptr<T>(), pos_dst.data_ptr<T>(),
         edge_attr.data_ptr<T>(), rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), s.N_src,
-        s.E, r0, n, Aws.data_ptr<T>());
+        s.E, r0, n, acc_regs_allowed(), Aws.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     Tensor out_rows = out.narrow(0, r0, n);
     at::mm_out(out_rows, Aws.narrow(0, 0, n), WtT);
@@ -723,11 +757,16 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
       const bool need_A = req[pyg_implicit::kGradWt];
       const bool need_dF = req[pyg_implicit::kGradXSrc];
       const int64_t arow = (s.H + 1) * s.C_in;
-      const int64_t chunk = chunk_rows_for(s.N_dst, 2 * arow * (int64_t)sizeof(T));
+      const int64_t chunk = chunk_rows_for(s.N_dst, 3 * arow * (int64_t)sizeof(T));
       report_launch({"point_conv_bwd_kernel", sizeof(T) == 4 ? "float32" : "float64", s.E,
                      s.N_dst, TE, smem, per_sm, prop->multiProcessorCount,
-                     prop->maxThreadsPerMultiProcessor, std::min<int64_t>(NB, chunk), (s.N_dst + chunk - 1) / chunk, chunk});
+                     prop->maxThreadsPerMultiProcessor, std::min<int64_t>(NB, chunk),
+                     (s.N_dst + chunk - 1) / chunk, chunk});
       Tensor dAws = at::empty({chunk, arow}, opts);
+      Tensor dATws = at::empty({chunk, arow}, opts);
+      // Wt with its (H+1) and C_in axes swapped: dout Wt_c gives dA c-major
+      const Tensor Wt_c = Wt.view({s.C_out, s.H + 1, s.C_in}).transpose(1, 2)
+                              .reshape({s.C_out, arow});
       Tensor Aws = need_A ? at::empty({chunk, arow}, opts) : Tensor();
       Tensor dF = need_dF ? at::zeros({s.E, s.C_in}, opts) : Tensor();
       Tensor dX = at::zeros({s.E, s.d}, opts);
@@ -738,11 +777,15 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
         const Tensor dout_rows = grad_out.narrow(0, r0, n);
         Tensor dA_rows = dAws.narrow(0, 0, n);
         at::mm_out(dA_rows, dout_rows, Wt);
+        Tensor dAT_rows = dATws.narrow(0, 0, n);
+        at::mm_out(dAT_rows, dout_rows, Wt_c);
         const unsigned int grid = (unsigned int)std::min<int64_t>(NB, n);
         kernel<<<grid, kThreads, (size_t)smem, stream>>>(
             plan, lay, TE, x_src.data_ptr<T>(), pos_src.data_ptr<T>(), pos_dst.data_ptr<T>(),
             edge_attr.data_ptr<T>(), rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
-            s.N_src, s.E, r0, n, dAws.data_ptr<T>(), need_A ? Aws.data_ptr<T>() : nullptr,
+            s.N_src, s.E, r0, n, acc_regs_allowed(), dAws.data_ptr<T>(),
+            dATws.data_ptr<T>(),
+            need_A ? Aws.data_ptr<T>() : nullptr,
             need_dF ? dF.data_ptr<T>() : nullptr, dX.data_ptr<T>(), g_pos_dst.data_ptr<T>(),
             g_attr.data_ptr<T>(), partial.data_ptr<T>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

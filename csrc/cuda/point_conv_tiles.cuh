@@ -15,6 +15,10 @@ namespace pyg_implicit_cuda {
 constexpr int kMaxLayers = 8;  // plan layers supported by the CUDA kernels
 constexpr int kThreads = 256;  // threads per block of the edge kernels
 constexpr int kRowTile = 4;    // rows per thread in tile_gemm (register tile)
+// entries of A_i = sum_e g_e (x) f_j each thread keeps in registers across the
+// tiles of a row: rows with (H + 1) C_in <= kAccPerThread * kThreads (2048)
+// never go through global memory until the row is done
+constexpr int kAccPerThread = 8;
 
 // ---------------------------------------------------------------------------
 // Plan description passed by value (as a __grid_constant__ kernel parameter).
@@ -198,6 +202,40 @@ __device__ __forceinline__ void tile_outer_acc(const T* __restrict__ a, int lda,
     T acc = accumulate ? dst[idx] : T(0);
     for (int r = 0; r < nrows; ++r) acc += a[r * lda + i] * b[r * ldb + j];
     dst[idx] = acc;
+  }
+}
+
+// The register-resident form of tile_outer_acc: thread t owns the entries
+// idx = t + s * blockDim.x (s < kAccPerThread, idx < I * J, i = idx / J,
+// j = idx % J) of the block's I x J accumulator and adds
+// sum_{r < nrows} a[r * lda + i] * b[r * ldb + j] (increasing r: the same
+// order, hence the same bits, as tile_outer_acc on a global accumulator).
+template <typename T>
+__device__ __forceinline__ void tile_outer_acc_regs(const T* __restrict__ a, int lda,
+                                                    const T* __restrict__ b, int ldb, int I,
+                                                    int J, int nrows, T (&acc)[kAccPerThread]) {
+  const int total = I * J;
+#pragma unroll
+  for (int s = 0; s < kAccPerThread; ++s) {
+    const int idx = threadIdx.x + s * blockDim.x;
+    if (idx < total) {
+      const int i = idx / J;
+      const int j = idx - i * J;
+      T v = acc[s];
+      for (int r = 0; r < nrows; ++r) v += a[r * lda + i] * b[r * ldb + j];
+      acc[s] = v;
+    }
+  }
+}
+
+// Writes the register accumulator of tile_outer_acc_regs to dst (I * J).
+template <typename T>
+__device__ __forceinline__ void store_acc_regs(const T (&acc)[kAccPerThread], int total,
+                                               T* __restrict__ dst) {
+#pragma unroll
+  for (int s = 0; s < kAccPerThread; ++s) {
+    const int idx = threadIdx.x + s * blockDim.x;
+    if (idx < total) dst[idx] = acc[s];
   }
 }
 
