@@ -303,6 +303,9 @@ PLAN_VARIANTS = {
                                       ("fourier", "silu", 2, 5, 9, 5))),
     "every_activation": dict(d=3, layers=SPEC_ALL_ACTS),
     "no_hidden_layer": dict(d=3, layers=()),
+    # F, F' > 16: the CUDA forward's unfused (shared-memory) Fourier path
+    "wide_fourier_fields": dict(d=3, layers=(("fourier", "tanh", 2, 18, 20, 17),
+                                             ("pointwise", "elu", 5))),
     "three_layers": dict(d=3, layers=(("fourier", "elu", 2, 4, 6, 2),
                                       ("fourier", "elu", 3, 4, 8, 4),
                                       ("pointwise", "tanh", 5))),
@@ -486,13 +489,21 @@ def test_cuda_wide_rows_accumulate_in_workspace(device):
 @on_cuda_source
 def test_cuda_plan_too_large_for_shared_memory(device):
     """A grid far beyond shared memory gives a clear error, not a bad launch
-    (host code: it runs under the CPU emulation too)."""
-    x, ps, pd, ea, ei, plan = random_problem(layers=(("fourier", "elu", 8, 4, 20000, 4),),
-                                             seed=15, hub_degree=0)
-    csr = build_csr(ei.to(device), x.shape[0], pd.shape[0])
-    with pytest.raises(RuntimeError, match="shared memory"):
-        fused_point_conv(x.to(device), ps.to(device), pd.to(device), ea.to(device), csr,
-                         plan.to(device))
+    (host code: it runs under the CPU emulation too). F = 20 > 16: the forward
+    stores the grid samples; F = 4: only the backward does."""
+    for F, forward_fits in ((20, False), (4, True)):
+        x, ps, pd, ea, ei, plan = random_problem(
+            layers=(("fourier", "elu", 8, F, 20000, 4),), seed=15, hub_degree=0)
+        csr = build_csr(ei.to(device), x.shape[0], pd.shape[0])
+        xs = x.to(device).requires_grad_(True)
+        args = (xs, ps.to(device), pd.to(device), ea.to(device), csr, plan.to(device))
+        if not forward_fits:
+            with pytest.raises(RuntimeError, match="shared memory"):
+                fused_point_conv(*args)
+            continue
+        out = fused_point_conv(*args)
+        with pytest.raises(RuntimeError, match="shared memory"):
+            out.sum().backward()
     _sync(device)
 
 

@@ -7,9 +7,11 @@
 //   1. point_conv_fwd_kernel: one block (256 threads) per target row i. The
 //      row's incoming edges are processed in tiles of TE edges. For a tile the
 //      block gathers x_e = pos_src[j] - pos_dst[i], a_e and f_j into shared
-//      memory, evaluates the plan MLP for the TE edges entirely in shared memory
-//      (dense layers and Fourier sample/activate/project steps as small
-//      block-level GEMMs, tile_gemm), forms g_e = [s_e u_e, s_e] and
+//      memory, evaluates the plan MLP for the TE edges (default 32) in shared
+//      memory and registers (dense layers as small block-level GEMMs,
+//      tile_gemm; a Fourier sample/activate/project step per (edge, field)
+//      row in registers, tile_fourier_fused, when F, F' <= 16, else as two
+//      tile_gemm calls through shared memory), forms g_e = [s_e u_e, s_e] and
 //      accumulates A_i += sum_e g_e (x) f_j. A_i ((H+1) x C_in) is owned by the
 //      block and stays in registers across the row's tiles (up to 8 entries
 //      per thread, (H+1) C_in <= 2048; larger rows accumulate in the
@@ -121,6 +123,14 @@ __device__ const T* mlp_forward_pingpong(const PlanP<T>& p, int ne, T* bufA, T* 
       const int rows = ne * Ly.M;
       tile_gemm<T>(cur, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, zb, Ly.hp, -1);
       __syncthreads();
+      if (fourier_fused(Ly)) {  // per (edge, field) in registers
+        tile_fourier_fused<T>(zb, rows, Ly.F, Ly.Q, Ly.G, Ly.PT, Ly.Fp, Ly.act, nxt);
+        __syncthreads();
+        T* tmp = cur;
+        cur = nxt;
+        nxt = tmp;
+        continue;
+      }
       // Y = act(Z Q^T): rows (e, m) of F -> G;  B(f, g) = QT[f * G + g]
       tile_gemm<T>(zb, rows, Ly.F, Ly.QT, Ly.G, 1, nullptr, Ly.G, sb, Ly.G, Ly.act);
       __syncthreads();
@@ -526,7 +536,7 @@ PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases
   p.H0 = (int)(s.d + s.A);
   p.H = (int)s.H;
   p.C_in = (int)s.C_in;
-  int maxU = p.H0, maxZ = 1, maxS = 1;
+  int maxU = p.H0, maxZ = 1, maxS = 1, maxS_fwd = 0;
   int64_t off = 0;
   auto hold = [&](Tensor t) -> const T* {
     keep.push_back(t);
@@ -566,6 +576,7 @@ PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases
       Ly.off_Q = off; off += (int64_t)Ly.G * Ly.F;
       Ly.off_P = off; off += (int64_t)Ly.Fp * Ly.G;
       maxS = std::max(maxS, Ly.M * Ly.G);
+      if (!fourier_fused(Ly)) maxS_fwd = std::max(maxS_fwd, Ly.M * Ly.G);
     }
     maxU = std::max(maxU, Ly.out);
     maxZ = std::max(maxZ, Ly.hp);
@@ -573,6 +584,7 @@ PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases
   p.maxU = std::max(maxU, 1);
   p.maxZ = maxZ;
   p.maxS = maxS;
+  p.maxS_fwd = maxS_fwd;
   p.width = hold(width.contiguous());
   p.off_width = off; off += 1;
   p.n_params = off;
@@ -599,7 +611,9 @@ void forward_impl(const Sizes& s, const PlanP<T>& plan, const Tensor& x_src,
                   const Tensor& rowptr, const Tensor& col, const Tensor& Wt, Tensor& out) {
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t limit = (int64_t)prop->sharedMemPerBlockOptin;
-  const int te_max = (int)std::min<int64_t>(env_int("PYG_IMPLICIT_CUDA_TE", 8), 64);
+  // default forward tile: 32 edges (a typical kNN row in one tile, and with
+  // fused Fourier layers enough (edge, field) rows for the 256 threads)
+  const int te_max = (int)std::min<int64_t>(env_int("PYG_IMPLICIT_CUDA_TE", 32), 64);
   const int TE = choose_tile(te_max, limit, [&](int te) {
     return fwd_layout(plan, te).total * (int64_t)sizeof(T);
   });

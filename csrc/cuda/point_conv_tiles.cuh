@@ -19,6 +19,11 @@ constexpr int kRowTile = 4;    // rows per thread in tile_gemm (register tile)
 // tiles of a row: rows with (H + 1) C_in <= kAccPerThread * kThreads (2048)
 // never go through global memory until the row is done
 constexpr int kAccPerThread = 8;
+// Fourier layers with F <= kMaxFusedF and F' <= kMaxFusedFp are sampled,
+// activated and projected per (edge, field) in registers by the forward
+// (tile_fourier_fused): their grid samples never touch shared memory
+constexpr int kMaxFusedF = 16;
+constexpr int kMaxFusedFp = 16;
 
 // ---------------------------------------------------------------------------
 // Plan description passed by value (as a __grid_constant__ kernel parameter).
@@ -57,6 +62,7 @@ struct PlanP {
   int maxU;   // max_l H_l (l = 0..L), >= 1
   int maxZ;   // max_l H'_l, >= 1
   int maxS;   // max_l M_l * G_l over Fourier layers, >= 1
+  int maxS_fwd;  // the same over Fourier layers the forward cannot fuse, >= 0
   const T* width;  // 0-d device tensor
   int64_t off_width;
   int64_t n_params;
@@ -74,7 +80,7 @@ __host__ __device__ inline FwdLayout fwd_layout(const PlanP<T>& p, int TE) {
   o.bufA = c; c += (int64_t)TE * p.maxU;
   o.bufB = c; c += (int64_t)TE * p.maxU;
   o.z = c;    c += (int64_t)TE * p.maxZ;
-  o.s = c;    c += (int64_t)TE * p.maxS;
+  o.s = c;    c += (int64_t)TE * p.maxS_fwd;
   o.x = c;    c += (int64_t)TE * p.d;
   o.env = c;  c += TE;
   o.g = c;    c += (int64_t)TE * (p.H + 1);
@@ -236,6 +242,47 @@ __device__ __forceinline__ void store_acc_regs(const T (&acc)[kAccPerThread], in
   for (int s = 0; s < kAccPerThread; ++s) {
     const int idx = threadIdx.x + s * blockDim.x;
     if (idx < total) dst[idx] = acc[s];
+  }
+}
+
+// Whether the forward runs layer Ly through tile_fourier_fused.
+template <typename T>
+__host__ __device__ inline bool fourier_fused(const LayerP<T>& Ly) {
+  return Ly.fourier && Ly.F <= kMaxFusedF && Ly.Fp <= kMaxFusedFp;
+}
+
+// One Fourier activation for `rows` = (edge, field) rows without storing the
+// grid samples: u[r, f'] = sum_g act(sum_f z[r, f] Q[g, f]) P[f', g]. One
+// thread per row; z's row and the F' sums live in registers, Q and P^T rows
+// are read by all threads of a warp at once (broadcast). Same summation
+// order as the two tile_gemm calls it replaces (f, then g, ascending).
+template <typename T>
+__device__ __forceinline__ void tile_fourier_fused(const T* __restrict__ z, int rows, int F,
+                                                   const T* __restrict__ Q, int G,
+                                                   const T* __restrict__ PT, int Fp, int act,
+                                                   T* __restrict__ u) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    T zr[kMaxFusedF];
+#pragma unroll
+    for (int f = 0; f < kMaxFusedF; ++f) zr[f] = f < F ? z[r * F + f] : T(0);
+    T acc[kMaxFusedFp];
+#pragma unroll
+    for (int q = 0; q < kMaxFusedFp; ++q) acc[q] = T(0);
+    for (int g = 0; g < G; ++g) {
+      const T* qg = Q + (int64_t)g * F;
+      T sample = T(0);
+#pragma unroll
+      for (int f = 0; f < kMaxFusedF; ++f)
+        if (f < F) sample += zr[f] * qg[f];
+      const T y = act_f<T>(act, sample);
+      const T* pg = PT + (int64_t)g * Fp;
+#pragma unroll
+      for (int q = 0; q < kMaxFusedFp; ++q)
+        if (q < Fp) acc[q] += y * pg[q];
+    }
+#pragma unroll
+    for (int q = 0; q < kMaxFusedFp; ++q)
+      if (q < Fp) u[r * Fp + q] = acc[q];
   }
 }
 
