@@ -476,6 +476,9 @@ def main(argv=None):
                     help="configurations that also time the reference and factorized "
                          "variants (default: all of --configs); the others time fused only")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--tag", default="",
+                    help="suffix of the result files (gpu_bench_<tag>.json), e.g. for an A/B "
+                         "run under other PYG_IMPLICIT_CUDA_* settings")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -508,15 +511,16 @@ def main(argv=None):
                                               args.reps, rates, names))
 
     if args.te_sweep and "fused" in variants:
-        # edge-tile size of the CUDA kernels (PYG_IMPLICIT_CUDA_TE, default 8; the
-        # kernels lower it further when shared memory is short)
+        # edge-tile size of the CUDA kernels (PYG_IMPLICIT_CUDA_TE: the forward's
+        # and the backward's; defaults 32 and 8; the kernels lower it further
+        # when shared memory is short)
         name = args.te_sweep_config
         cfg = dict(CONFIGS[name])
         cfg["n"] = max(64, int(cfg["n"] * args.scale))
         print(f"\n=== edge-tile sweep (fused, config {name})", flush=True)
         sweep = []
         old_te = os.environ.get("PYG_IMPLICIT_CUDA_TE")
-        for te in (2, 4, 8, 16):
+        for te in (4, 8, 16, 32, 64):
             os.environ["PYG_IMPLICIT_CUDA_TE"] = str(te)
             r = bench_config(name, cfg, device, dtype, args.warmup, args.reps, rates, ["fused"])
             fr = r["variants"]["fused"]
@@ -537,8 +541,11 @@ def main(argv=None):
                                             args.max_e_time) for v in variants}
 
     os.makedirs(args.out_dir, exist_ok=True)
-    js = os.path.join(args.out_dir, "gpu_bench.json")
-    md = os.path.join(args.out_dir, "gpu_bench.md")
+    stem = "gpu_bench" + (f"_{args.tag}" if args.tag else "")
+    report["cuda_settings"] = {k: v for k, v in os.environ.items()
+                               if k.startswith("PYG_IMPLICIT_CUDA_")}
+    js = os.path.join(args.out_dir, stem + ".json")
+    md = os.path.join(args.out_dir, stem + ".md")
     with open(js, "w") as f:
         json.dump(report, f, indent=1)
     text = to_markdown(report)
