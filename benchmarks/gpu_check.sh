@@ -14,7 +14,8 @@
 #   sanitize  ~1   compute-sanitizer memcheck on a small case (--full: + racecheck, synccheck)
 #   bench     ~2   bench_gpu.py: configurations M and L, reference/factorized at M only,
 #                  5 repetitions (--full: all configurations, max-E search, edge-tile sweep,
-#                  and an A/B run with A_i in the workspace, PYG_IMPLICIT_CUDA_ACC_REGS=0)
+#                  and A/B runs: A_i in the workspace (PYG_IMPLICIT_CUDA_ACC_REGS=0), TF32
+#                  tensor cores (PYG_IMPLICIT_CUDA_TF32=1, error vs factorized reported))
 # Default total about 8 minutes. Logs go to $OUT (when set) as each stage runs, and to
 # benchmarks/results/; results carry the GPU model in their names.
 # Environment: PY (python, default python3), MAX_JOBS, BENCH_ARGS (replace the bench
@@ -72,6 +73,7 @@ copy_results() {  # GPU-model-tagged copies of what the run produced
   tag=${tag:-unknown_gpu}
   for f in "$RESULTS"/gpu_bench.json "$RESULTS"/gpu_bench.md "$RESULTS"/pytest_cuda.xml \
            "$RESULTS"/gpu_bench_acc_regs_off.json "$RESULTS"/gpu_bench_acc_regs_off.md \
+           "$RESULTS"/gpu_bench_tf32.json "$RESULTS"/gpu_bench_tf32.md \
            "$LOGDIR"/sanitizer.log "$LOGDIR"/ptxas.txt "$LOG"; do
     [ -f "$f" ] || continue
     base=$(basename "$f"); base="${base%.*}_${tag}.${base##*.}"
@@ -183,10 +185,13 @@ if want bench; then
   fi
   # shellcheck disable=SC2086
   run_stage bench "${T_BENCH:-240}" "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-$DEFAULT_BENCH}
-  if [ "$FULL" = 1 ]; then  # A/B: A_i in the workspace instead of registers
+  if [ "$FULL" = 1 ]; then  # A/B runs: A_i in the workspace; TF32 tensor cores
     run_stage bench-acc-regs-off "${T_BENCH:-240}" env PYG_IMPLICIT_CUDA_ACC_REGS=0 "$PY" \
       benchmarks/bench_gpu.py --configs M,L --variants fused --no-max-e --no-te-sweep \
       --reps 5 --tag acc_regs_off
+    run_stage bench-tf32 "${T_BENCH:-240}" env PYG_IMPLICIT_CUDA_TF32=1 "$PY" \
+      benchmarks/bench_gpu.py --configs M,L --variants factorized,fused --unfused-configs M \
+      --no-max-e --no-te-sweep --reps 5 --tag tf32
   fi
 fi
 

@@ -486,6 +486,35 @@ def test_cuda_wide_rows_accumulate_in_workspace(device):
     check_problem(prob, torch.float32, device, seed=16)
 
 
+#: float32 with PYG_IMPLICIT_CUDA_TF32=1 (the CUDA block GEMMs on TF32 tensor
+#: cores, FP32 accumulation) against the float64 oracle: TF32 keeps 10 mantissa
+#: bits (unit roundoff 4.9e-4). Largest errors measured (emulated wmma, three
+#: seeds): whole tensors 2.0e-3, rows 1.0e-1 (gradient rows of edge attributes
+#: and biases: sums that cancel); bounds 5x / 3x those
+TF32_TOL, TF32_ROW_TOL = 1e-2, 3e-1
+
+
+@on_cuda_source
+def test_cuda_tf32_option(device, monkeypatch):
+    """The opt-in TF32 tensor-core path: within its documented float32 bound,
+    and really used (its results differ from the FP32 path's)."""
+    x, ps, pd, ea, ei, plan = random_problem(seed=17, hub_degree=200)
+    monkeypatch.setenv("PYG_IMPLICIT_CUDA_TF32", "1")
+    tf32 = run_both(x, ps, pd, ea, ei, plan, torch.float32, device, seed=17)
+    assert_results_close(tf32, torch.float32, "tf32", tol=TF32_TOL, row_tol=TF32_ROW_TOL)
+    monkeypatch.delenv("PYG_IMPLICIT_CUDA_TF32")
+    fp32 = run_both(x, ps, pd, ea, ei, plan, torch.float32, device, seed=17)
+    assert not torch.equal(tf32[0][0], fp32[0][0])
+    # float64 ignores the option: bitwise the FP32-path result
+    grad_out = torch.ones(pd.shape[0], plan.out_channels, dtype=torch.float64)
+    monkeypatch.setenv("PYG_IMPLICIT_CUDA_TF32", "1")
+    with_option = fused_with_grads((x, ps, pd, ea, ei, plan), device, grad_out)
+    monkeypatch.delenv("PYG_IMPLICIT_CUDA_TF32")
+    without = fused_with_grads((x, ps, pd, ea, ei, plan), device, grad_out)
+    assert all((a is None and b is None) or torch.equal(a, b)
+               for a, b in zip(with_option, without))
+
+
 @on_cuda_source
 def test_cuda_plan_too_large_for_shared_memory(device):
     """A grid far beyond shared memory gives a clear error, not a bad launch

@@ -101,7 +101,7 @@ struct Cfg { unsigned grid; int threads; size_t smem; int stream; };
 }  // namespace emu
 // `extern __shared__ unsigned char smem_raw[];` inside the kernels names this.
 namespace pyg_implicit_cuda {
-alignas(16) inline unsigned char smem_raw[emu::kSmemLimit + emu::kGuard];
+alignas(128) inline unsigned char smem_raw[emu::kSmemLimit + emu::kGuard];
 }
 namespace emu {
 inline void poison(size_t smem) {
@@ -275,10 +275,16 @@ inline void __syncthreads() {
   emu::g_sched->state[emu::g_sched->current] = 1;
   emu::to_main(*emu::g_sched);
 }
+// A warp barrier as a block barrier: right when every thread of the block
+// calls __syncwarp() equally often (what the kernels do; a mismatch is the
+// divergent-barrier error above).
+inline void __syncwarp(unsigned = 0xffffffffu) { __syncthreads(); }
 '''
 
 STUBS = {
     "cuda_runtime.h": r'''#pragma once
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) double2 { double x, y; };
 enum EmuAttr { cudaFuncAttributeMaxDynamicSharedMemorySize };
 template <class F> inline int cudaFuncSetAttribute(F, EmuAttr, int v) {
   TORCH_CHECK(v >= 0 && (size_t)v <= emu::kSmemLimit, "emu: smem over the H100 limit");
@@ -306,6 +312,74 @@ inline int getCurrentCUDAStream() { return 0; }
     "c10/cuda/CUDAException.h": r'''#pragma once
 #define C10_CUDA_CHECK(x) TORCH_CHECK((x) == 0, "emu cuda call failed")
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() do {} while (0)
+''',
+    # wmma with every lane holding the whole tile (the results are those of the
+    # warp-wide operation; element order inside a fragment is not modelled)
+    "mma.h": r'''#pragma once
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+namespace nvcuda { namespace wmma {
+struct matrix_a {}; struct matrix_b {}; struct accumulator {};
+struct row_major {}; struct col_major {};
+namespace precision { struct tf32 {}; }
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment;
+template <int M, int N, int K, class L>
+struct fragment<matrix_a, M, N, K, precision::tf32, L> {
+  static constexpr int num_elements = M * K; float x[M * K]; };
+template <int M, int N, int K, class L>
+struct fragment<matrix_b, M, N, K, precision::tf32, L> {
+  static constexpr int num_elements = K * N; float x[K * N]; };
+template <int M, int N, int K>
+struct fragment<accumulator, M, N, K, float, void> {
+  static constexpr int num_elements = M * N; float x[M * N]; };
+inline void check_aligned(const void* p) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 32 == 0, "emu: wmma pointer not 32-byte aligned");
+}
+inline float __float_to_tf32(float v) {  // round to nearest (ties away), 10 mantissa bits
+  uint32_t u; std::memcpy(&u, &v, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) { u += 0x1000u; u &= 0xffffe000u; }
+  std::memcpy(&v, &u, 4); return v;
+}
+template <int M, int N, int K>
+void fill_fragment(fragment<accumulator, M, N, K, float>& f, float v) { for (auto& e : f.x) e = v; }
+template <int M, int N, int K, class L>
+void load_matrix_sync(fragment<matrix_a, M, N, K, precision::tf32, L>& f, const float* p,
+                      unsigned ld) {
+  static_assert(std::is_same<L, row_major>::value, "emu: row_major only");
+  check_aligned(p);
+  for (int i = 0; i < M; ++i) for (int k = 0; k < K; ++k) f.x[i * K + k] = p[i * ld + k];
+}
+template <int M, int N, int K, class L>
+void load_matrix_sync(fragment<matrix_b, M, N, K, precision::tf32, L>& f, const float* p,
+                      unsigned ld) {
+  static_assert(std::is_same<L, row_major>::value, "emu: row_major only");
+  check_aligned(p);
+  for (int k = 0; k < K; ++k) for (int n = 0; n < N; ++n) f.x[k * N + n] = p[k * ld + n];
+}
+template <int M, int N, int K, class LA, class LB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d,
+              const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
+              const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
+              const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int n = 0; n < N; ++n) {
+      float v = c.x[i * N + n];
+      for (int k = 0; k < K; ++k) v += a.x[i * K + k] * b.x[k * N + n];
+      out[i * N + n] = v;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ld,
+                       layout_t layout) {
+  TORCH_CHECK(layout == mem_row_major, "emu: mem_row_major only");
+  check_aligned(p);
+  for (int i = 0; i < M; ++i) for (int n = 0; n < N; ++n) p[i * ld + n] = f.x[i * N + n];
+}
+}}  // namespace nvcuda::wmma
 ''',
     "c10/cuda/CUDAGuard.h": r'''#pragma once
 namespace c10 { namespace cuda { struct CUDAGuard { explicit CUDAGuard(c10::Device) {} }; }}
@@ -369,7 +443,9 @@ def main():
     src = write_sources(work)
     build = os.path.join(work, "build")
     os.makedirs(build, exist_ok=True)
+    # (no strict aliasing: the kernels read float2/double2 views of float/double rows)
     flags = ["-O1" if args.sanitize == "address" else "-O2", "-std=c++20", "-pthread",
+             "-fno-strict-aliasing",
              "-include", os.path.join(work, "emulated", "prelude.h")]
     ldflags = ["-pthread"]
     if args.sanitize == "address":

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include "plan_contract.h"
 
@@ -15,6 +17,10 @@ namespace pyg_implicit_cuda {
 constexpr int kMaxLayers = 8;  // plan layers supported by the CUDA kernels
 constexpr int kThreads = 256;  // threads per block of the edge kernels
 constexpr int kRowTile = 4;    // rows per thread in tile_gemm (register tile)
+// columns per thread in tile_gemm's register tile: 4 in float32, 2 in float64
+// (4 x 4 doubles pushed the kernels past 128 registers into spills, ptxas -v)
+template <typename T>
+constexpr int col_tile() { return sizeof(T) == 4 ? 4 : 2; }
 // entries of A_i = sum_e g_e (x) f_j each thread keeps in registers across the
 // tiles of a row: rows with (H + 1) C_in <= kAccPerThread * kThreads (2048)
 // never go through global memory until the row is done
@@ -63,6 +69,7 @@ struct PlanP {
   int maxZ;   // max_l H'_l, >= 1
   int maxS;   // max_l M_l * G_l over Fourier layers, >= 1
   int maxS_fwd;  // the same over Fourier layers the forward cannot fuse, >= 0
+  int tf32;   // 1: tile_gemm on TF32 tensor cores (float only, PYG_IMPLICIT_CUDA_TF32)
   const T* width;  // 0-d device tensor
   int64_t off_width;
   int64_t n_params;
@@ -70,13 +77,18 @@ struct PlanP {
 
 // Shared-memory layout of the forward kernel (offsets in elements of T).
 struct FwdLayout {
-  int64_t bufA, bufB, z, s, x, env, g, f, total;
+  int64_t mma, bufA, bufB, z, s, x, env, g, f, total;
 };
+
+// Per-warp staging buffers of the TF32 tile_gemm: A 16 x 8, B 8 x 16, C 16 x 16.
+constexpr int kMmaScratch = 16 * 8 + 8 * 16 + 16 * 16;
+constexpr int kWarps = kThreads / 32;
 
 template <typename T>
 __host__ __device__ inline FwdLayout fwd_layout(const PlanP<T>& p, int TE) {
   FwdLayout o;
   int64_t c = 0;
+  o.mma = c;  c += p.tf32 ? (int64_t)kWarps * kMmaScratch : 0;  // first: 32-byte aligned
   o.bufA = c; c += (int64_t)TE * p.maxU;
   o.bufB = c; c += (int64_t)TE * p.maxU;
   o.z = c;    c += (int64_t)TE * p.maxZ;
@@ -93,7 +105,7 @@ __host__ __device__ inline FwdLayout fwd_layout(const PlanP<T>& p, int TE) {
 // activations (z_l, S_l, u_l) are written into p.layer[l].sm_* by the host
 // (see bwd_layout_fill); the remaining buffers are here.
 struct BwdLayout {
-  int64_t x, env, ds, wcon, dxs, u0, scratch, g, f, dg, du, dz, total;
+  int64_t mma, x, env, ds, wcon, dxs, u0, scratch, g, f, dg, du, dz, total;
 };
 
 // Fills the layer offsets of `p` and returns the rest of the layout.
@@ -101,6 +113,7 @@ template <typename T>
 inline BwdLayout bwd_layout_fill(PlanP<T>& p, int TE) {
   BwdLayout o;
   int64_t c = 0;
+  o.mma = c;  c += p.tf32 ? (int64_t)kWarps * kMmaScratch : 0;  // first: 32-byte aligned
   o.x = c;    c += (int64_t)TE * p.d;
   o.env = c;  c += TE;
   o.ds = c;   c += TE;
@@ -150,48 +163,183 @@ __device__ __forceinline__ T act_df(int code, T z) {
 // out[r * ldo + n] = act( bias[n] + sum_k in[r * K + k] * B[k * ldk + n * ldn] )
 // for r < nrows, n < N. `in` is row-major [nrows, K] (shared memory), B is a
 // read-only matrix (global memory), bias may be null, act < 0 means identity.
-// Each thread computes kRowTile rows of one column n, so each B element read
-// is reused kRowTile times from a register. Summation order over k is fixed.
-// A thread's rows are strided (g, g + ngroups, ...): when N < 32 a warp spans
-// several row groups, and neighbouring groups then read neighbouring rows
-// (row stride K words) instead of rows kRowTile * K words apart, which for
-// K = 120 (a grid size) would all fall into one shared-memory bank.
-template <typename T>
-__device__ __forceinline__ void tile_gemm(const T* __restrict__ in, int nrows, int K,
-                                          const T* __restrict__ B, int64_t ldk, int64_t ldn,
-                                          const T* __restrict__ bias, int N,
-                                          T* __restrict__ out, int64_t ldo, int act) {
-  if (nrows <= 0 || N <= 0) return;
+// Register tiles: each thread computes kRowTile rows of col_tile<T>() columns,
+// so each shared-memory read of `in` is reused for every column and each B
+// read kRowTile times from registers (float32: 16 FMAs per 8 loads; with K
+// even and aligned rows, `in` is read two k at a time by vector loads). When
+// the tile has too few outputs to give every thread a full register tile,
+// threads take kRowTile x 1 blocks instead (more parallelism). Either
+// way every output is bias + sum over k in increasing k: the same bits.
+// A thread's rows (and columns) are strided (g, g + ngroups, ...): when there
+// are few column groups a warp spans several row groups, and neighbouring
+// groups then read neighbouring rows (row stride K words) instead of rows
+// kRowTile * K words apart, which for K = 120 (a grid size) would all fall
+// into one shared-memory bank; neighbouring threads read neighbouring columns
+// of B (coalesced when ldn = 1).
+template <typename T> struct Vec2;
+template <> struct Vec2<float> { using type = float2; };
+template <> struct Vec2<double> { using type = double2; };
+
+template <int kCols, bool kVec2, typename T>
+__device__ __forceinline__ void tile_gemm_blocks(const T* __restrict__ in, int nrows, int K,
+                                                 const T* __restrict__ B, int64_t ldk,
+                                                 int64_t ldn, const T* __restrict__ bias, int N,
+                                                 T* __restrict__ out, int64_t ldo, int act) {
   const int ngroups = (nrows + kRowTile - 1) / kRowTile;
-  const int total = ngroups * N;
+  const int ncgroups = (N + kCols - 1) / kCols;
+  const int total = ngroups * ncgroups;
   for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
-    const int n = idx % N;
-    const int g = idx / N;  // rows g + t * ngroups, t < kRowTile
-    const T b0 = bias ? bias[n] : T(0);
-    T acc[kRowTile];
+    const int cg = idx % ncgroups;  // columns cg + u * ncgroups, u < kCols
+    const int g = idx / ncgroups;   // rows g + t * ngroups, t < kRowTile
+    T acc[kRowTile][kCols];
     const T* rowp[kRowTile];
+    const T* colp[kCols];
+#pragma unroll
+    for (int u = 0; u < kCols; ++u) {
+      const int n = min(cg + u * ncgroups, N - 1);  // clamp: valid address, discarded
+      colp[u] = B + (int64_t)n * ldn;
+      const T b0 = bias ? bias[n] : T(0);
+#pragma unroll
+      for (int t = 0; t < kRowTile; ++t) acc[t][u] = b0;
+    }
 #pragma unroll
     for (int t = 0; t < kRowTile; ++t) {
-      acc[t] = b0;
-      const int r = min(g + t * ngroups, nrows - 1);  // clamp: valid address, result discarded
+      const int r = min(g + t * ngroups, nrows - 1);  // clamp: valid address, discarded
       rowp[t] = in + (int64_t)r * K;
     }
-    const T* bp = B + (int64_t)n * ldn;
-    for (int k = 0; k < K; ++k) {
-      const T w = bp[(int64_t)k * ldk];
+    if constexpr (kVec2) {  // K even, rows 2-element aligned: one vector load per 2 k
+      using V2 = typename Vec2<T>::type;
+      for (int k = 0; k < K; k += 2) {
+        T b0[kCols], b1[kCols];
 #pragma unroll
-      for (int t = 0; t < kRowTile; ++t) acc[t] += rowp[t][k] * w;
+        for (int u = 0; u < kCols; ++u) {
+          b0[u] = colp[u][(int64_t)k * ldk];
+          b1[u] = colp[u][(int64_t)(k + 1) * ldk];
+        }
+#pragma unroll
+        for (int t = 0; t < kRowTile; ++t) {
+          const V2 a = *reinterpret_cast<const V2*>(rowp[t] + k);
+#pragma unroll
+          for (int u = 0; u < kCols; ++u) {
+            acc[t][u] += a.x * b0[u];  // k, then k + 1: the same order as below
+            acc[t][u] += a.y * b1[u];
+          }
+        }
+      }
+    } else {
+      for (int k = 0; k < K; ++k) {
+        T bv[kCols];
+#pragma unroll
+        for (int u = 0; u < kCols; ++u) bv[u] = colp[u][(int64_t)k * ldk];
+#pragma unroll
+        for (int t = 0; t < kRowTile; ++t) {
+          const T a = rowp[t][k];
+#pragma unroll
+          for (int u = 0; u < kCols; ++u) acc[t][u] += a * bv[u];
+        }
+      }
     }
 #pragma unroll
     for (int t = 0; t < kRowTile; ++t) {
       const int r = g + t * ngroups;
-      if (r < nrows) {
-        T v = acc[t];
-        if (act >= 0) v = act_f<T>(act, v);
-        out[(int64_t)r * ldo + n] = v;
+#pragma unroll
+      for (int u = 0; u < kCols; ++u) {
+        const int n = cg + u * ncgroups;
+        if (r < nrows && n < N) {
+          T v = acc[t][u];
+          if (act >= 0) v = act_f<T>(act, v);
+          out[(int64_t)r * ldo + n] = v;
+        }
       }
     }
   }
+}
+
+// The TF32 tensor-core form of tile_gemm (opt-in, float only): each warp
+// computes 16 x 16 output tiles with wmma m16n16k8 (TF32 inputs, FP32
+// accumulation), staging zero-padded 16 x 8 / 8 x 16 operand tiles in its own
+// shared-memory scratch (kMmaScratch floats, 32-byte aligned). Results differ
+// from the FP32 path by TF32 rounding of the inputs (10-bit mantissa). Every
+// warp runs the same number of iterations, so all __syncwarp() calls match.
+__device__ __forceinline__ void tile_gemm_tf32(const float* __restrict__ in, int nrows, int K,
+                                               const float* __restrict__ B, int64_t ldk,
+                                               int64_t ldn, const float* __restrict__ bias,
+                                               int N, float* __restrict__ out, int64_t ldo,
+                                               int act, float* __restrict__ scratch) {
+  using namespace nvcuda;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int nwarps = blockDim.x / 32;
+  float* sa = scratch + warp * kMmaScratch;  // [16, 8]
+  float* sb = sa + 16 * 8;                   // [8, 16]
+  float* sc = sb + 8 * 16;                   // [16, 16]
+  const int rt = (nrows + 15) / 16, ct = (N + 15) / 16;
+  const int tiles = rt * ct;
+  for (int t0 = 0; t0 < tiles; t0 += nwarps) {
+    const int tile = t0 + warp;
+    const bool active = tile < tiles;
+    const int r0 = active ? (tile / ct) * 16 : 0, n0 = active ? (tile % ct) * 16 : 0;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      for (int i = lane; i < 16 * 8; i += 32) {
+        const int r = r0 + i / 8, k = k0 + i % 8;
+        sa[i] = active && r < nrows && k < K ? in[(int64_t)r * K + k] : 0.0f;
+        const int kb = k0 + i / 16, n = n0 + i % 16;
+        sb[i] = active && kb < K && n < N ? B[(int64_t)kb * ldk + (int64_t)n * ldn] : 0.0f;
+      }
+      __syncwarp();
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+      wmma::load_matrix_sync(fa, sa, 8);
+      wmma::load_matrix_sync(fb, sb, 16);
+      for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+      for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+      wmma::mma_sync(acc, fa, fb, acc);
+      __syncwarp();
+    }
+    wmma::store_matrix_sync(sc, acc, 16, wmma::mem_row_major);
+    __syncwarp();
+    for (int i = lane; i < 16 * 16; i += 32) {
+      const int r = r0 + i / 16, n = n0 + i % 16;
+      if (active && r < nrows && n < N) {
+        float v = sc[i] + (bias ? bias[n] : 0.0f);
+        if (act >= 0) v = act_f<float>(act, v);
+        out[(int64_t)r * ldo + n] = v;
+      }
+    }
+    __syncwarp();
+  }
+}
+
+// `mma`: the warps' TF32 scratch when the plan runs tile_gemm on tensor cores
+// (PlanP::tf32, float only), null for the FP32 path.
+template <typename T>
+__device__ __forceinline__ void tile_gemm(const T* __restrict__ in, int nrows, int K,
+                                          const T* __restrict__ B, int64_t ldk, int64_t ldn,
+                                          const T* __restrict__ bias, int N,
+                                          T* __restrict__ out, int64_t ldo, int act,
+                                          T* mma = nullptr) {
+  if (nrows <= 0 || N <= 0) return;
+  if constexpr (std::is_same<T, float>::value) {
+    if (mma != nullptr) {
+      tile_gemm_tf32(in, nrows, K, B, ldk, ldn, bias, N, out, ldo, act, mma);
+      return;
+    }
+  }
+  // both choices are uniform over the block: no divergence
+  constexpr int kCols = col_tile<T>();
+  const int64_t blocks = (int64_t)((nrows + kRowTile - 1) / kRowTile) *
+                         ((N + kCols - 1) / kCols);
+  const bool wide = blocks >= (int64_t)blockDim.x;
+  const bool vec2 = K % 2 == 0 && reinterpret_cast<uintptr_t>(in) % (2 * sizeof(T)) == 0;
+  if (wide && vec2)
+    tile_gemm_blocks<kCols, true, T>(in, nrows, K, B, ldk, ldn, bias, N, out, ldo, act);
+  else if (wide)
+    tile_gemm_blocks<kCols, false, T>(in, nrows, K, B, ldk, ldn, bias, N, out, ldo, act);
+  else if (vec2)
+    tile_gemm_blocks<1, true, T>(in, nrows, K, B, ldk, ldn, bias, N, out, ldo, act);
+  else
+    tile_gemm_blocks<1, false, T>(in, nrows, K, B, ldk, ldn, bias, N, out, ldo, act);
 }
 
 // dst[i * J + j] = (accumulate ? dst[i * J + j] : 0) + sum_{r < nrows} a[r * lda + i] * b[r * ldb + j]
