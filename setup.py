@@ -129,12 +129,10 @@ def get_packages():
     return sorted(pkgs)
 
 
+# name, version (pyg_implicit.__version__) and dependencies: pyproject.toml
 setup(
-    name="pyg_implicit",
-    version="0.1.0",
     packages=get_packages(),
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
     zip_safe=False,
 )
