@@ -176,30 +176,50 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 
 bool generic_activations();
 
+// Vectorised y = act(x) for the codes ATen has; false for any other code.
 template <typename T>
-void act_forward(int64_t code, const T* in, T* out, int64_t count) {
-  if (count <= 0) return;
-  if (generic_activations()) {
-    for (int64_t i = 0; i < count; ++i) out[i] = activation_value<T>(code, in[i]);
-    return;
-  }
+bool act_forward_aten(int64_t code, const T* in, T* out, int64_t count) {
 #ifdef PYGI_SMALL_GEMM
   if (code == kElu && small_gemm::available()) {
     if (out != in) std::memcpy(out, in, sizeof(T) * count);
     small_gemm::elu_inplace<T>(out, count);
-    return;
+    return true;
   }
 #endif
   at::Tensor x = wrap1(in, count);
   at::Tensor y = wrap1(out, count);
   switch (code) {
-    case kElu: at::elu_out(y, x); break;
-    case kRelu: at::clamp_min_out(y, x, 0); break;
-    case kSilu: at::silu_out(y, x); break;
-    case kTanh: at::tanh_out(y, x); break;
-    case kSigmoid: at::sigmoid_out(y, x); break;
-    default:
-      for (int64_t i = 0; i < count; ++i) out[i] = activation_value<T>(code, in[i]);
+    case kElu: at::elu_out(y, x); return true;
+    case kRelu: at::clamp_min_out(y, x, 0); return true;
+    case kSilu: at::silu_out(y, x); return true;
+    case kTanh: at::tanh_out(y, x); return true;
+    case kSigmoid: at::sigmoid_out(y, x); return true;
+    default: return false;
+  }
+}
+
+template <typename T>
+void act_forward(int64_t code, const T* in, T* out, int64_t count) {
+  if (count <= 0) return;
+  if (!generic_activations() && act_forward_aten<T>(code, in, out, count)) return;
+  for (int64_t i = 0; i < count; ++i) out[i] = activation_value<T>(code, in[i]);
+}
+
+// Vectorised grad_in = act'(.) * grad_out for the codes ATen has; false otherwise.
+template <typename T>
+bool act_backward_aten(int64_t code, const T* grad_out, const T* in, const T* out,
+                       T* grad_in, int64_t count) {
+  at::Tensor go = wrap1(grad_out, count);
+  at::Tensor gi = wrap1(grad_in, count);
+  switch (code) {
+    case kElu:
+      at::elu_backward_out(gi, go, 1, 1, 1, /*is_result=*/true, wrap1(out, count));
+      return true;
+    case kRelu: at::threshold_backward_out(gi, go, wrap1(out, count), 0); return true;
+    case kSilu: at::silu_backward_out(gi, go, wrap1(in, count)); return true;
+    case kTanh: at::tanh_backward_out(gi, go, wrap1(out, count)); return true;
+    case kSigmoid: at::sigmoid_backward_out(gi, go, wrap1(out, count)); return true;
+    default: return false;
   }
 }
 
@@ -210,28 +230,13 @@ template <typename T>
 void act_backward(int64_t code, const T* grad_out, const T* in, const T* out,
                   T* grad_in, int64_t count) {
   if (count <= 0) return;
-  const bool reads_in = derivative_reads_input(code);
-  if (generic_activations()) {
-    for (int64_t i = 0; i < count; ++i)
-      grad_in[i] = grad_out[i] *
-                   activation_derivative<T>(code, reads_in ? in[i] : T(0), out[i]);
+  if (!generic_activations() &&
+      act_backward_aten<T>(code, grad_out, in, out, grad_in, count))
     return;
-  }
-  at::Tensor go = wrap1(grad_out, count);
-  at::Tensor gi = wrap1(grad_in, count);
-  switch (code) {
-    case kElu:
-      at::elu_backward_out(gi, go, 1, 1, 1, /*is_result=*/true, wrap1(out, count));
-      break;
-    case kRelu: at::threshold_backward_out(gi, go, wrap1(out, count), 0); break;
-    case kSilu: at::silu_backward_out(gi, go, wrap1(in, count)); break;
-    case kTanh: at::tanh_backward_out(gi, go, wrap1(out, count)); break;
-    case kSigmoid: at::sigmoid_backward_out(gi, go, wrap1(out, count)); break;
-    default:
-      for (int64_t i = 0; i < count; ++i)
-        grad_in[i] = grad_out[i] *
-                     activation_derivative<T>(code, reads_in ? in[i] : T(0), out[i]);
-  }
+  const bool reads_in = derivative_reads_input(code);
+  for (int64_t i = 0; i < count; ++i)
+    grad_in[i] = grad_out[i] *
+                 activation_derivative<T>(code, reads_in ? in[i] : T(0), out[i]);
 }
 
 // ---------------------------------------------------------------------------

@@ -48,7 +48,6 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SOURCES = ("point_conv_cuda.cu", "point_conv_tiles.cuh")
 TEST_FILES = ("test_fused_op.py", "op_cases.py", "conftest.py", "backends.py", "compare.py")
 
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:\s*<\s*\w+\s*>)?)\s*<<<(.*?)>>>\s*\(", re.S)

@@ -450,31 +450,29 @@ int64_t env_int(const char* name, int64_t dflt) {
 // PYG_IMPLICIT_CUDA_REPORT=1: one line per launch configuration on stderr
 // (edge tile, shared memory, occupancy, grid, row chunks), so that a first GPU
 // run shows its occupancy (benchmarks/gpu_check.sh sets it for the smoke stage).
-struct LaunchReport {
-  const char* kernel;
-  const char* dtype;
-  int64_t edges, rows;
-  int edge_tile;
-  int64_t smem_bytes;
-  int blocks_per_sm, sms, max_threads_per_sm;
-  int64_t grid, chunks, rows_per_chunk;
-};
-
-void report_launch(const LaunchReport& r) {
+bool launch_report_on() {
   static const bool on = [] {
     const char* v = std::getenv("PYG_IMPLICIT_CUDA_REPORT");
     return v && *v && std::string(v) != "0";
   }();
-  if (!on) return;
+  return on;
+}
+
+template <typename T>
+void report_launch(const char* kernel, int64_t edges, int64_t rows, int edge_tile,
+                   int64_t smem_bytes, int blocks_per_sm, int64_t grid,
+                   int64_t rows_per_chunk) {
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
   std::fprintf(stderr,
                "[pyg_implicit cuda] %s %s: E=%lld rows=%lld edge_tile=%d smem=%lld B "
                "threads=%d blocks/SM=%d SMs=%d occupancy=%.0f%% grid=%lld row_chunks=%lld "
                "(%lld rows each)\n",
-               r.kernel, r.dtype, (long long)r.edges, (long long)r.rows, r.edge_tile,
-               (long long)r.smem_bytes, kThreads, r.blocks_per_sm, r.sms,
-               100.0 * r.blocks_per_sm * kThreads / std::max(r.max_threads_per_sm, 1),
-               (long long)r.grid,
-               (long long)r.chunks, (long long)r.rows_per_chunk);
+               kernel, sizeof(T) == 4 ? "float32" : "float64", (long long)edges,
+               (long long)rows, edge_tile, (long long)smem_bytes, kThreads, blocks_per_sm,
+               prop->multiProcessorCount,
+               100.0 * blocks_per_sm * kThreads / std::max(prop->maxThreadsPerMultiProcessor, 1),
+               (long long)grid, (long long)((rows + rows_per_chunk - 1) / rows_per_chunk),
+               (long long)rows_per_chunk);
 }
 
 int blocks_per_sm(const void* kernel, int64_t smem) {
@@ -644,11 +642,10 @@ void forward_impl(const Sizes& s, const PlanP<T>& plan, const Tensor& x_src,
 
   const int64_t arow = (s.H + 1) * s.C_in;
   const int64_t chunk = chunk_rows_for(s.N_dst, arow * (int64_t)sizeof(T));
-  report_launch({"point_conv_fwd_kernel", sizeof(T) == 4 ? "float32" : "float64", s.E,
-                 s.N_dst, TE, smem, blocks_per_sm((const void*)kernel, smem),
-                 prop->multiProcessorCount, prop->maxThreadsPerMultiProcessor,
-                 std::min<int64_t>(chunk, (int64_t)1 << 30),
-                 (s.N_dst + chunk - 1) / chunk, chunk});
+  if (launch_report_on())
+    report_launch<T>("point_conv_fwd_kernel", s.E, s.N_dst, TE, smem,
+                     blocks_per_sm((const void*)kernel, smem),
+                     std::min<int64_t>(chunk, (int64_t)1 << 30), chunk);
   Tensor Aws = at::empty({chunk, arow}, x_src.options());
   const Tensor WtT = Wt.t();
   for (int64_t r0 = 0; r0 < s.N_dst; r0 += chunk) {
@@ -785,10 +782,9 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
       const bool need_dF = req[pyg_implicit::kGradXSrc];
       const int64_t arow = (s.H + 1) * s.C_in;
       const int64_t chunk = chunk_rows_for(s.N_dst, 3 * arow * (int64_t)sizeof(T));
-      report_launch({"point_conv_bwd_kernel", sizeof(T) == 4 ? "float32" : "float64", s.E,
-                     s.N_dst, TE, smem, per_sm, prop->multiProcessorCount,
-                     prop->maxThreadsPerMultiProcessor, std::min<int64_t>(NB, chunk),
-                     (s.N_dst + chunk - 1) / chunk, chunk});
+      if (launch_report_on())
+        report_launch<T>("point_conv_bwd_kernel", s.E, s.N_dst, TE, smem, per_sm,
+                         std::min<int64_t>(NB, chunk), chunk);
       Tensor dAws = at::empty({chunk, arow}, opts);
       Tensor dATws = at::empty({chunk, arow}, opts);
       // Wt with its (H+1) and C_in axes swapped: dout Wt_c gives dA c-major
