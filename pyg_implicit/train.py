@@ -124,28 +124,9 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                         "flipping all charges, a symmetry of `charged`; auto: off for "
                         "`charged`, on for `charged-field` (the field force q_i E breaks "
                         "that symmetry)")
-    p.add_argument("--messages", default="nonlinear", choices=("linear", "nonlinear"),
-                   help="linear: one convolution per layer; nonlinear: per-edge two-layer "
-                        "gated message from [h_j, h_i] (SEGNN-like)")
     p.add_argument("--no-relative-velocity", action="store_true",
                    help="absolute velocities (by default they are taken relative to the "
                         "centre-of-mass velocity: a Galilean-boost covariant model)")
-    p.add_argument("--coulomb-attr", action="store_true",
-                   help="add q_i q_j / r and q_i q_j / r^2 to the kernels' edge attributes")
-    p.add_argument("--encounter-attr", action="store_true",
-                   help="add each pair's straight-line closest-approach distance and time "
-                        "within the horizon to the kernels' edge attributes")
-    p.add_argument("--pair-velocity-attr", action="store_true",
-                   help="give the kernels the pair's relative velocity v_j - v_i instead of "
-                        "v_j and v_i")
-    p.add_argument("--axis-attr", action="store_true",
-                   help="add edge attributes that see the coordinate axes (cubic invariants "
-                        "and vectors of the pair's directions): the model becomes "
-                        "equivariant to O_h only, the symmetry of the force-clipping "
-                        "simulator, with the kernels of --group")
-    p.add_argument("--axis-range", type=float, default=None,
-                   help="with --axis-attr, fade those attributes out as "
-                        "exp(-(d / R)^2) with the pair's closest-approach distance d")
     p.add_argument("--huber-delta", type=float, default=0.3,
                    help="train on a Huber loss of each particle's error norm with this "
                         "threshold (0: the MSE): rare close encounters, whose targets are "
@@ -155,10 +136,6 @@ def nbody_parser(sub) -> argparse.ArgumentParser:
                    help="in training, add Gaussian noise of this std to the input positions "
                         "and velocities and move the targets as free flight would "
                         "(dp + horizon * dv)")
-    p.add_argument("--node-force", action="store_true",
-                   help="give the Coulomb force on each particle to the first layer")
-    p.add_argument("--dropout", type=float, default=0.0,
-                   help="field dropout on each layer's update (NBodyModel(dropout=...))")
     p.add_argument("--ema", type=float, default=0.999,
                    help="decay of an exponential moving average of the weights, updated "
                         "each step, which is validated, checkpointed and tested "
@@ -205,18 +182,14 @@ def _node_charge(choice: str, variant: str) -> bool:
     return choice == "on" or (choice == "auto" and variant != "charged")
 
 
-def _model_config(args, variant: str, horizon: float = 1.0) -> Dict:
+def _model_config(args, variant: str) -> Dict:
     return dict(group=args.group, num_layers=args.num_layers, scalars=args.scalars,
                 vectors=args.vectors, tensors=args.tensors,
                 hidden_channels=args.hidden_channels, hidden_layers=args.hidden_layers,
                 band_limit=args.band_limit, velocity_attr=not args.no_velocity_attr,
                 width=args.width, pos_updates=not args.no_pos_updates,
-                node_charge=_node_charge(args.node_charge, variant), messages=args.messages,
-                relative_velocity=not args.no_relative_velocity,
-                coulomb_attr=args.coulomb_attr, node_force=args.node_force,
-                dropout=args.dropout, encounter_attr=args.encounter_attr,
-                pair_velocity_attr=args.pair_velocity_attr, axis_attr=args.axis_attr,
-                axis_range=args.axis_range, horizon=horizon, conv_kwargs=_conv_kwargs(args))
+                node_charge=_node_charge(args.node_charge, variant),
+                relative_velocity=not args.no_relative_velocity, conv_kwargs=_conv_kwargs(args))
 
 
 def _conv_kwargs(args) -> Dict:
@@ -235,10 +208,21 @@ def build_nbody_model(config: Dict):
     return NBodyModel(**config)
 
 
-_LEGACY_MODEL_CONFIG = dict(node_charge=True, messages="linear", relative_velocity=False,
-                            coulomb_attr=False, node_force=False, dropout=0.0,
-                            encounter_attr=False, horizon=1.0, pair_velocity_attr=False,
-                            axis_attr=False, axis_range=None)
+# NBodyModel options removed when it was rebuilt on the pyg_implicit.nn blocks: a
+# checkpoint that records them (or none of the options added before them) predates the
+# rebuild, and its weights do not fit the current modules
+_REMOVED_MODEL_OPTIONS = ("messages", "coulomb_attr", "node_force", "dropout",
+                          "encounter_attr", "horizon", "pair_velocity_attr", "axis_attr",
+                          "axis_range")
+
+
+def _check_model_config(model_config: Dict, path: str) -> None:
+    old = [k for k in _REMOVED_MODEL_OPTIONS if k in model_config]
+    if old or "relative_velocity" not in model_config:
+        raise SystemExit(f"{path} was written by NBodyModel before its rebuild on the "
+                         f"pyg_implicit.nn blocks (its configuration has "
+                         f"{', '.join(old) or 'none of the newer options'}); this version "
+                         f"cannot load its weights: check out the commit that wrote it")
 
 
 def load_model_state(model: torch.nn.Module, state: Dict) -> None:
@@ -256,9 +240,8 @@ def load_model_state(model: torch.nn.Module, state: Dict) -> None:
 def load_nbody_checkpoint(path: str, map_location="cpu"):
     """Rebuild an :class:`NBodyModel` from a checkpoint written by this script."""
     ck = torch.load(path, map_location=map_location, weights_only=False)
-    # checkpoints from before these options existed were trained without them
-    config = {**_LEGACY_MODEL_CONFIG, **ck["model_config"]}
-    model = build_nbody_model(config)
+    _check_model_config(ck["model_config"], path)
+    model = build_nbody_model(ck["model_config"])
     load_model_state(model, ck["model"])
     return model, ck
 
@@ -318,7 +301,7 @@ def position_loss(pred: torch.Tensor, target: torch.Tensor, huber_delta: float =
 # what a run did before these options existed (a checkpoint's configuration lacks
 # the keys of options added after it was written); add an entry with every new option
 _LEGACY_ARGS = {"input_noise": 0.0, "huber_delta": 0.0, "train_windows": 1,
-                "time_reversal": False, "dropout": 0.0}
+                "time_reversal": False}
 
 
 def _check_resumable(ck: Dict, path: str, experiment: str, config: Dict, model_config: Dict,
@@ -332,10 +315,11 @@ def _check_resumable(ck: Dict, path: str, experiment: str, config: Dict, model_c
     if meta.get("experiment") != experiment:
         raise SystemExit(f"--resume: {path} belongs to experiment "
                          f"{meta.get('experiment')!r}, not {experiment!r}")
+    _check_model_config(ck["model_config"], path)
     diff = runs.differences(meta["config"], config, _LEGACY_ARGS)
     if not diff:  # the same options built another model: the code changed
         diff = {f"model_config.{k}": v for k, v in runs.differences(
-            ck["model_config"], model_config, _LEGACY_MODEL_CONFIG).items()}
+            ck["model_config"], model_config).items()}
     data_diff = runs.differences(meta["data"], data)
     if data_diff:
         diff["data"] = (f"{len(meta['data'])} files", f"{len(data)} files, "
@@ -528,7 +512,7 @@ def train_nbody(args) -> Dict:
     meta = {"experiment": "nbody", "config": run_config(args),
             "data": runs.data_fingerprint(args.data), "code": code, "seed": args.seed}
 
-    config = _model_config(args, variant, horizon)
+    config = _model_config(args, variant)
     model = build_nbody_model(config).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[args.optimizer]

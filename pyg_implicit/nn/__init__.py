@@ -1,4 +1,23 @@
-"""``torch_geometric.nn``-style layers."""
-from .conv import ImplicitPointConv
+"""``torch_geometric.nn``-style layers and the equivariant building blocks around them.
 
-__all__ = ["ImplicitPointConv"]
+- :class:`ImplicitPointConv` — the implicit steerable point convolution;
+- per-node blocks for any field type of any subgroup of O(2)/O(3):
+  :class:`EquivariantNonlinearity` (gated, norm, pointwise, Fourier),
+  :class:`EquivariantBatchNorm`, :class:`EquivariantLayerNorm`,
+  :class:`EquivariantLinear`, :class:`ScalarEmbedding`, :class:`InvariantMap`,
+  :class:`EquivariantGlobalPool`; :func:`field_type` builds the hidden types
+  the nonlinearities need;
+- :class:`ResidualBlock` and the generic model :class:`ImplicitSteerableNet`.
+"""
+from .block import ResidualBlock
+from .conv import ImplicitPointConv
+from .fields import field_type
+from .linear import EquivariantGlobalPool, EquivariantLinear, InvariantMap, ScalarEmbedding
+from .models import ImplicitSteerableNet
+from .nonlinearity import EquivariantNonlinearity, gated_input_type
+from .norm import EquivariantBatchNorm, EquivariantLayerNorm
+
+__all__ = ["ImplicitPointConv", "EquivariantNonlinearity", "gated_input_type",
+           "EquivariantBatchNorm", "EquivariantLayerNorm", "EquivariantLinear",
+           "ScalarEmbedding", "InvariantMap", "EquivariantGlobalPool", "ResidualBlock",
+           "ImplicitSteerableNet", "field_type"]
