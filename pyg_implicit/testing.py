@@ -90,7 +90,7 @@ def check_equivariance(module: Callable, in_type: enn.FieldType, out_type: enn.F
         if edge_attr is not None:
             attr_g = edge_attr @ _directsum(attr_reps, g, edge_attr).t()
         y_g = module(x @ rho_in.t(), pos @ R.t(), edge_index, attr_g)
-        worst = max(worst, float((y_g - y @ rho_out.t()).abs().max() / scale))
+        worst = max(worst, float(((y_g - y @ rho_out.t()).abs().max() / scale).detach()))
     return worst
 
 
@@ -179,3 +179,29 @@ def _steerable_basis(G, action, ri, ro, radius, band_limit, kernels):
         return fn(ri, ro, radii=[radius], sigma=[1.0], maximum_frequency=band_limit)
     fn = kernels.kernels_SO3_act_R3 if name == "SO(3)" else kernels.kernels_O3_act_R3
     return fn(ri, ro, radii=[radius], sigma=[1.0], maximum_frequency=band_limit)
+
+
+def check_node_equivariance(module: Callable, in_type: enn.FieldType,
+                            out_type: enn.FieldType, x: torch.Tensor,
+                            elements: Elements = "random", num: int = 8, seed: int = 0,
+                            exact: Optional[Sequence[GroupElement]] = None,
+                            **kwargs) -> float:
+    """Max relative equivariance error of a per-node block ``module(x, **kwargs)``.
+
+    ``x`` transforms by ``in_type``, the output by ``out_type`` (node features have no
+    positions, so only the group acts). ``exact`` defaults to the module's
+    ``exact_elements`` (the grid symmetries of a Fourier nonlinearity).
+    Returns ``max_g |f(rho_in(g) x) - rho_out(g) f(x)| / max|f(x)|``.
+    """
+    G = in_type.fibergroup
+    if exact is None:
+        exact = getattr(module, "exact_elements", None)
+    y = module(x, **kwargs)
+    scale = y.abs().max().clamp_min(torch.finfo(y.dtype).tiny)
+    worst = 0.0
+    for g in group_elements(G, elements, num, exact, seed):
+        rho_in = _directsum(in_type.representations, g, x)
+        rho_out = _directsum(out_type.representations, g, y)
+        y_g = module(x @ rho_in.t(), **kwargs)
+        worst = max(worst, float(((y_g - y @ rho_out.t()).abs().max() / scale).detach()))
+    return worst

@@ -303,16 +303,10 @@ _BREAKERS = {
 }
 
 
-_PHYSICS_FEATURES = dict(coulomb_attr=True, node_force=True, encounter_attr=True)
-
-
-@pytest.mark.parametrize("pos_updates,messages,extra", [
-    (False, "linear", {}), (True, "linear", {}), (True, "nonlinear", {}),
-    (True, "nonlinear", _PHYSICS_FEATURES), (True, "nonlinear", dict(pair_velocity_attr=True))],
-    ids=["static", "linear", "nonlinear", "coulomb", "pair_velocity"])
+@pytest.mark.parametrize("pos_updates", [False, True], ids=["static", "pos_updates"])
 @pytest.mark.parametrize("group", ["o3", "so3", "so2z", "o2z", "octa", "fullocta"])
-def test_model_equivariance(group, pos_updates, messages, extra):
-    model = _small_model(group, pos_updates=pos_updates, messages=messages, **extra)
+def test_model_equivariance(group, pos_updates):
+    model = _small_model(group, pos_updates=pos_updates)
     # translations: exact
     assert _equiv_error(model, torch.eye(3, dtype=torch.float64),
                         torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)) < 1e-12
@@ -332,100 +326,16 @@ def test_fullocta_model_has_every_symmetry_of_the_simulator():
         assert _equiv_error(model, torch.from_numpy(P)) < 1e-9, P
 
 
-@pytest.mark.parametrize("messages,extra", [("linear", {}), ("nonlinear", {}),
-                                           ("nonlinear", _PHYSICS_FEATURES)])
-def test_model_charge_flip(messages, extra):
+def test_model_charge_flip():
     """Flipping every charge leaves the physics unchanged; without the charge as a node
     feature the model is invariant to it, with it the model is not."""
     pos, vel, q, ei = _inputs()
     with torch.no_grad():
         for node_charge in (False, True):
-            model = _small_model("so2z", node_charge=node_charge, messages=messages, **extra)
+            model = _small_model("so2z", node_charge=node_charge)
             out, out_flip = model(pos, vel, q, ei), model(pos, vel, -q, ei)
             err = float((out - out_flip).norm() / out.norm())
             assert (err > 1e-6) if node_charge else (err < 1e-13), (node_charge, err)
-
-
-def test_coulomb_force_matches_the_simulator():
-    """The force feature is 0.1 x the simulator's unclipped Coulomb force, on graphs
-    with self loops and with the edges in any order."""
-    from pyg_implicit.models.nbody import coulomb_force, fully_connected_edges
-
-    rng = np.random.default_rng(3)
-    cfg = nb.SimConfig()
-    charges, loc, _ = nb.sample_initial_conditions(cfg, 4, rng)
-    F, _ = nb.forces(cfg, loc, charges, clip=False)
-    ei = fully_connected_edges(4, 5)
-    ei = ei[:, torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(0))]
-    got = coulomb_force(torch.from_numpy(loc.reshape(-1, 3)),
-                        torch.from_numpy(charges.reshape(-1)), ei)
-    assert np.all(np.linalg.norm(loc[:, :, None] - loc[:, None], axis=-1)
-                  [:, ~np.eye(5, dtype=bool)] > 0.1)  # no clamping in this sample
-    np.testing.assert_allclose(got.numpy(), 0.1 * F.reshape(-1, 3), rtol=1e-12, atol=1e-14)
-
-
-def test_coulomb_edge_attributes():
-    """q_i q_j / r and 0.1 q_i q_j / r^2 with r clamped at 0.1, zero on self loops."""
-    from pyg_implicit.models.nbody import fully_connected_edges
-
-    model = _small_model("so2z", coulomb_attr=True, velocity_attr=False)
-    pos = torch.tensor([[0.0, 0, 0], [0, 0, 2.0], [0, 0.05, 0]], dtype=torch.float64)
-    q = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
-    ei = fully_connected_edges(1, 3)
-    a = model.edge_attributes(pos, torch.zeros_like(pos), q, ei)
-    assert a.shape == (9, 4)
-    src, dst = ei
-    r = (pos[src] - pos[dst]).norm(dim=1)
-    qq = q[src] * q[dst]
-    r_c = r.clamp_min(0.1)
-    expect_pot = torch.where(src == dst, 0.0, qq / r_c)
-    torch.testing.assert_close(a[:, 2], expect_pot)
-    torch.testing.assert_close(a[:, 3], torch.where(src == dst, 0.0, 0.1 * qq / r_c ** 2))
-    assert a[(src == 0) & (dst == 1), 2].item() == pytest.approx(-0.5)
-    assert a[(src == 0) & (dst == 2), 2].item() == pytest.approx(10.0)  # clamped
-
-
-def test_encounter_edge_attributes():
-    """Closest approach under straight-line motion, clamped to [0, horizon]."""
-    from pyg_implicit.models.nbody import fully_connected_edges
-
-    model = _small_model("so2z", encounter_attr=True, horizon=2.0, velocity_attr=False)
-    pos = torch.tensor([[0.0, 0, 0], [4.0, 1.0, 0], [0, 0, 3.0]], dtype=torch.float64)
-    vel = torch.tensor([[0.0, 0, 0], [-1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64)
-    q = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
-    ei = fully_connected_edges(1, 3)
-    a = model.edge_attributes(pos, vel, q, ei)
-    assert a.shape == (9, 4)
-    src, dst = ei
-
-    def pair(j, i):
-        return a[(src == j) & (dst == i)][0, 2:].tolist()
-
-    # 1 moves towards 0 along x (impact parameter 1): closest at t = 4, clamped to 2
-    assert pair(1, 0) == pytest.approx([(2.0 ** 2 + 1.0) ** 0.5, 1.0])
-    assert pair(0, 1) == pytest.approx([(2.0 ** 2 + 1.0) ** 0.5, 1.0])  # symmetric
-    # 2 moves away from 0: closest now
-    assert pair(2, 0) == pytest.approx([3.0, 0.0])
-    # 1 and 2: x = p_1 - p_2 = (4, 1, -3), w = (-1, 0, -1): t = 0.5, x + t w = (3.5, 1, -3.5)
-    assert pair(1, 2) == pytest.approx([25.5 ** 0.5, 0.25])
-    assert pair(0, 0) == pytest.approx([0.0, 0.0])  # self loops: no motion
-    with pytest.raises(ValueError, match="horizon"):
-        _small_model("so2z", encounter_attr=True, horizon=0.0)
-
-
-def test_pair_velocity_attribute():
-    """One vector attribute v_src - v_dst instead of two; Galilean-invariant per edge."""
-    from pyg_implicit.models.nbody import fully_connected_edges
-
-    model = _small_model("so2z", pair_velocity_attr=True)
-    pos, vel = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
-    q = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
-    ei = fully_connected_edges(1, 3)
-    a = model.edge_attributes(pos, vel, q, ei)
-    assert a.shape == (9, 5) and model.edge_attr_type.size == 5
-    torch.testing.assert_close(a[:, 2:], vel[ei[0]] - vel[ei[1]])
-    u = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
-    torch.testing.assert_close(model.edge_attributes(pos, vel + u, q, ei), a)
 
 
 def test_perturb_inputs_is_free_flight():
@@ -449,8 +359,7 @@ def test_model_galilean_boost(relative_velocity):
     velocities the model's output moves by mean_vel_coef * u exactly, without it not."""
     pos, vel, q, ei = _inputs()
     u = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
-    model = _small_model("o2z", relative_velocity=relative_velocity, messages="nonlinear",
-                         encounter_attr=True)
+    model = _small_model("o2z", relative_velocity=relative_velocity)
     with torch.no_grad():
         if relative_velocity:
             model.mean_vel_coef.fill_(0.7)
@@ -459,44 +368,22 @@ def test_model_galilean_boost(relative_velocity):
     assert (err < 1e-12) if relative_velocity else (err > 1e-3), err
 
 
-@pytest.mark.parametrize("group", ["o3", "so2z"])
-def test_model_field_dropout(group):
-    """Field dropout: the identity in eval(); in training random, zeroing whole fields,
-    and equivariant for each mask (same random stream for the transformed input)."""
-    pos, vel, q, ei = _inputs()
-    model = _small_model(group, dropout=0.4, messages="nonlinear")
-    plain = _small_model(group, dropout=0.0, messages="nonlinear")
-    with torch.no_grad():
-        torch.testing.assert_close(model(pos, vel, q, ei), plain(pos, vel, q, ei),
-                                   rtol=0, atol=0)
-        model.train()
-        torch.manual_seed(5)
-        out = model(pos, vel, q, ei)
-        assert float((out - model(pos, vel, q, ei)).norm() / out.norm()) > 1e-6
-        dh = torch.ones(40, model.hidden_type.size, dtype=torch.float64)
-        dropped = model._field_dropout(dh)
-        vectors = dropped[:, 3:9].reshape(40, 2, 3)  # whole vectors kept or dropped
-        assert torch.all((vectors == 0).all(-1) | (vectors == 1 / 0.6).all(-1))
-        assert 0.2 < float((dropped == 0).double().mean()) < 0.6
-        for M in _exact_matrices(model)[:3]:
-            torch.manual_seed(7)
-            out = model(pos, vel, q, ei)
-            torch.manual_seed(7)
-            out_g = model(pos @ M.T, vel @ M.T, q, ei)
-            assert float((out_g - out @ M.T).norm() / out.norm()) < 1e-9
-    with pytest.raises(ValueError, match="dropout"):
-        _small_model(group, dropout=1.0)
-
-
-def test_model_rejects_unknown_messages():
+def test_model_uses_the_public_blocks():
+    """No private gate or norm: the model's nonlinearity and norms are the blocks of
+    pyg_implicit.nn, and the removed ablation options are gone."""
     from pyg_implicit.models.nbody import NBodyModel
+    from pyg_implicit.nn import EquivariantLayerNorm, EquivariantNonlinearity
 
-    with pytest.raises(ValueError, match="messages"):
-        NBodyModel(messages="cubic")
+    model = _small_model("so2z")
+    assert isinstance(model.gate, EquivariantNonlinearity) and model.gate.kind == "gated"
+    assert all(isinstance(n, EquivariantLayerNorm) and n.mode == "node" for n in model.norms)
+    assert model.gate.in_type == model.convs[0].out_type
+    for removed in ("messages", "dropout", "coulomb_attr", "axis_attr"):
+        with pytest.raises(TypeError, match=removed):
+            NBodyModel(**{removed: None})
 
 
-@pytest.mark.parametrize("messages", ["linear", "nonlinear"])
-def test_model_output_and_gradients(messages):
+def test_model_output_and_gradients():
     """The model on its default backend against the same model on the reference
     backend (materialised kernels): output and every parameter gradient."""
     from compare import assert_rows_close
@@ -504,7 +391,7 @@ def test_model_output_and_gradients(messages):
     pos, vel, q, ei = _inputs()
     results = []
     for conv_kwargs in ({}, {"backend": "reference"}):
-        model = _small_model("so2z", messages=messages, conv_kwargs=conv_kwargs).train()
+        model = _small_model("so2z", conv_kwargs=conv_kwargs).train()
         out = model(pos, vel, q, ei)
         params = [p for p in model.parameters() if p.requires_grad]
         results.append((out, torch.autograd.grad(out.pow(2).sum(), params, allow_unused=True),
@@ -610,17 +497,17 @@ def _copy_run(tiny_run, tmp_path):
 
 
 def test_resume_from_a_checkpoint_without_a_later_option(tiny_run, tmp_path):
-    """A last checkpoint written before an option existed (no ``dropout`` key) resumes
-    under the option's legacy value; another value is refused, naming the option."""
+    """A last checkpoint written before an option existed (no ``input_noise`` key)
+    resumes under the option's legacy value; another value is refused, naming it."""
     run = _copy_run(tiny_run, tmp_path)
     ck = torch.load(run / "last.pt", weights_only=False)
-    del ck["model_config"]["dropout"], ck["meta"]["config"]["dropout"]
+    del ck["meta"]["config"]["input_noise"]
     torch.save(ck, run / "last.pt")
     args = tiny_run["train_args"] + ["--out", str(run), "--resume", "auto"]
     assert "resumed" in _run(args + ["--epochs", "3"])
     assert _result(run)["epochs_completed"] == 3
-    err = _run(args + ["--epochs", "4", "--dropout", "0.2"], ok=False)
-    assert "dropout: 0.0 in the checkpoint, 0.2 now" in err
+    err = _run(args + ["--epochs", "4", "--input-noise", "0.2"], ok=False)
+    assert "input_noise: 0.0 in the checkpoint, 0.2 now" in err
 
 
 def test_resume_refuses_other_data_and_configuration(tiny_run, tmp_path):
@@ -902,73 +789,21 @@ def test_checkpoint_roundtrip(tiny_run, tmp_path):
         torch.testing.assert_close(model2(*args), pred, rtol=0, atol=0)
 
 
-def test_checkpoint_from_before_the_new_options(tmp_path):
-    """A checkpoint whose config predates ``node_charge``/``messages``/``relative_velocity``
-    loads as the model it was trained as (linear messages, charge feature, absolute v)."""
+def test_checkpoint_from_before_the_rebuild_is_refused(tmp_path):
+    """A checkpoint of the model before its rebuild on the pyg_implicit.nn blocks (its
+    configuration has removed options such as ``messages``) stops with an error that
+    says so, instead of loading mismatched weights."""
     from pyg_implicit.train import load_nbody_checkpoint
 
-    legacy = dict(group="so2z", num_layers=2, scalars=3, vectors=2, tensors=1, hidden_channels=4,
-                  hidden_layers=1, band_limit=1)
-    model = _small_model(**legacy, node_charge=True, messages="linear",
-                         relative_velocity=False)
-    path = tmp_path / "legacy.pt"
-    torch.save({"model": model.state_dict(), "model_config": legacy}, path)
+    model = _small_model("so2z")
+    old_config = {**model.config, "messages": "nonlinear", "dropout": 0.0}
+    path = tmp_path / "old.pt"
+    torch.save({"model": model.state_dict(), "model_config": old_config}, path)
+    with pytest.raises(SystemExit, match="before its rebuild.*messages, dropout"):
+        load_nbody_checkpoint(str(path))
+    torch.save({"model": model.state_dict(), "model_config": model.config}, path)
     loaded, _ = load_nbody_checkpoint(str(path))
-    loaded.double().eval()
-    assert loaded.messages == "linear" and loaded.node_charge and not loaded.relative_velocity
     args = _inputs()
-    with torch.no_grad():  # the float32 checkpoint round trip costs ~1e-7
-        torch.testing.assert_close(loaded(*args), model(*args), rtol=1e-5, atol=1e-6)
-
-
-def test_axis_terms_see_only_the_cube_symmetries():
-    from pyg_implicit.models.nbody import _axis_terms
-
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    w = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    x[0], w[1] = 0.0, 0.0  # a self loop, a pair at rest
-    s, v = _axis_terms(x, w, 1.0)
-    assert s.shape == (40, 3) and v.shape == (40, 9)
-    assert s[0, 0] == 0 and (v[0, :3] == 0).all() and s[1, 1] == 0 and (v[1, 3:6] == 0).all()
-    # along an axis and along a diagonal
-    e = torch.eye(3, dtype=torch.float64)
-    s_axis, v_axis = _axis_terms(e, e, 1.0)
-    torch.testing.assert_close(s_axis[:, 0], torch.ones(3, dtype=torch.float64))
-    torch.testing.assert_close(v_axis[:, :3], e)
-    d = torch.ones(1, 3, dtype=torch.float64)
-    s_diag, _ = _axis_terms(d, d, 1.0)
-    torch.testing.assert_close(s_diag[0, 0].item(), -2.0 / 3.0)
-    for P in map(torch.from_numpy, _signed_permutations()):
-        sP, vP = _axis_terms(x @ P.T, w @ P.T, 1.0)
-        torch.testing.assert_close(sP, s, rtol=0, atol=1e-12)
-        torch.testing.assert_close(vP.reshape(-1, 3, 3), v.reshape(-1, 3, 3) @ P.T,
-                                   rtol=0, atol=1e-12)
-    # faded out with the closest-approach distance
-    sg, vg = _axis_terms(x, w, 1.0, axis_range=0.2)
-    from pyg_implicit.models.nbody import _encounter_terms
-
-    gate = torch.exp(-(_encounter_terms(x, w, 1.0)[0] / 0.2) ** 2)
-    torch.testing.assert_close(sg, s * gate)
-    torch.testing.assert_close(vg, v * gate)
-    R = _rot("x", 0.9)
-    sR, vR = _axis_terms(x @ R.T, w @ R.T, 1.0)
-    assert (sR - s).abs().max() > 0.1
-    assert (vR.reshape(-1, 3, 3) - v.reshape(-1, 3, 3) @ R.T).abs().max() > 0.1
-
-
-@pytest.mark.parametrize("group,axis_range", [("o3", None), ("fullocta", None), ("o3", 2.0)])
-def test_axis_attributes_break_the_model_down_to_the_cube(group, axis_range):
-    """With ``axis_attr`` the model keeps the symmetries its group shares with O_h and
-    loses the others."""
-    model = _small_model(group, axis_attr=True, axis_range=axis_range)
-    perms = [torch.from_numpy(P) for P in _signed_permutations()]
-    exact = [M for M in _exact_matrices(model, count=200)
-             if any(torch.allclose(M, P, atol=1e-12) for P in perms)]
-    assert len(exact) >= (48 if group == "fullocta" else 4)
-    for M in exact:
-        assert _equiv_error(model, M) < 1e-9, M
-    R = _rot("z", 0.3)
-    assert _equiv_error(model, R) > 1e-3
-    if group == "o3":  # without the attributes: equivariant up to its icosahedral grid
-        assert _equiv_error(model, R) > 10 * _equiv_error(_small_model(group), R)
+    with torch.no_grad():  # the float32 round trip of the weights costs ~1e-7
+        torch.testing.assert_close(loaded.double().eval()(*args), model(*args),
+                                   rtol=1e-5, atol=1e-6)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from escnn import nn as enn
 from torch import Tensor
 
