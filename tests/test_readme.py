@@ -20,6 +20,7 @@ def test_readme_has_two_model_examples():
         assert len(code.strip().splitlines()) < 30
 
 
+@pytest.mark.filterwarnings("error:radius_graph")  # an example must not truncate its graph
 @pytest.mark.parametrize("index", [0, 1], ids=["o3_classifier", "so2_vectors"])
 def test_readme_model_example_runs(index):
     code = _model_examples()[index]
