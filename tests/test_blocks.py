@@ -343,18 +343,22 @@ def test_model_builds_its_graph_and_deep_copies():
 
 
 @pytest.mark.backend("fused_cpu")
-def test_generic_model_under_torch_compile():
+@pytest.mark.parametrize("name,nonlinearity", [("SO2z", "gated"), ("C4", "auto"),
+                                               ("SO2", "auto")],
+                         ids=["gated", "pointwise", "fourier"])
+def test_generic_model_under_torch_compile(name, nonlinearity):
     """``torch.compile(fullgraph=True)`` with a precomputed CSR matches eager, forward and
-    gradients, with batch norm in training mode."""
+    gradients, with batch norm in training mode (gated nonlinearities, and escnn's
+    pointwise and Fourier modules)."""
     from pyg_implicit.ops import build_csr
 
     torch._dynamo.reset()
-    gs = gspace("SO2z")
-    model = ImplicitSteerableNet(gs, 2, 3, channels=2, num_layers=2, nonlinearity="gated",
+    gs = gspace(name)
+    model = ImplicitSteerableNet(gs, 2, 3, channels=2, num_layers=2, nonlinearity=nonlinearity,
                                  norm="batch", conv_kwargs={**_small_conv(),
                                                             "backend": "fused"}).double()
-    pos, batch, sizes = _two_graphs()
-    _, edge_index = _random_graph_inputs(3, n=pos.shape[0])
+    pos, batch, sizes = _two_graphs(d=gs.dimensionality)
+    _, edge_index = _random_graph_inputs(gs.dimensionality, n=pos.shape[0])
     edge_index = edge_index[:, batch[edge_index[0]] == batch[edge_index[1]]]
     csr = build_csr(edge_index, pos.shape[0], pos.shape[0])
     x = torch.randn(pos.shape[0], 2, dtype=torch.float64)

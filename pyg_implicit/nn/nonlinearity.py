@@ -9,9 +9,9 @@ from torch import Tensor
 
 from .._exact import fourier_masters
 from ..kernel import _default_dtype
-from ..nonlinearities import build_hidden_block, default_kind
+from ..nonlinearities import _ESCNN_FUNCTIONS, _set_function, build_hidden_block, default_kind
 from .fields import (FieldModule, _no_base_space, check_field_type, field_channels,
-                     trivial_field_mask)
+                     fiber_type, trivial_field_mask)
 
 NONLINEARITY_KINDS = ("auto", "gated", "norm", "pointwise", "fourier", "quotient")
 NORM_FUNCTIONS = {"n_relu": torch.relu, "n_sigmoid": torch.sigmoid,
@@ -32,7 +32,8 @@ class EquivariantNonlinearity(FieldModule):
     - ``"norm"`` (exact): trivial fields through ``activation``, non-trivial ones
       rescaled by their norm, :math:`f \mapsto \eta(\|f\| - b_f)\, f / \|f\|`
       (``norm_function`` :math:`\eta`, learnable :math:`b_f = e^{\beta_f} > 0`);
-    - ``"pointwise"`` (exact): ``activation`` on every channel; needs fields
+    - ``"pointwise"`` (exact): ``activation`` on every channel (escnn's
+      ``PointwiseNonLinearity``); needs fields
       that allow it (trivial, regular or permutation representations of a
       finite group);
     - ``"fourier"`` / ``"quotient"``: band-limited functions on the group
@@ -107,6 +108,8 @@ class EquivariantNonlinearity(FieldModule):
                 raise ValueError(f"kind='pointwise' needs fields that allow a pointwise "
                                  f"function (trivial, regular, permutation); out_type has "
                                  f"{sorted(set(unsupported))}")
+            self.pointwise_module = _set_function(enn.PointwiseNonLinearity(
+                fiber_type(out_type), function=_ESCNN_FUNCTIONS[activation]), activation)
         elif kind in ("fourier", "quotient"):
             if self.fourier is None:
                 self.fourier = self._find_fourier(out_type, kind, grid_size, grid, activation)
@@ -183,13 +186,11 @@ class EquivariantNonlinearity(FieldModule):
     # ---------------------------------------------------------------- forward
     def forward(self, x):
         t = self._tensor(x)
-        act = _ACTIVATIONS[self.activation]
-        if self.kind == "pointwise":
-            y = act(t)
-        elif self.kind in ("fourier", "quotient"):
-            module = self.fourier_module
+        if self.kind in ("pointwise", "fourier", "quotient"):  # escnn's modules
+            module = self.pointwise_module if self.kind == "pointwise" else self.fourier_module
             y = module(enn.GeometricTensor(t, module.in_type)).tensor
         else:
+            act = _ACTIVATIONS[self.activation]
             fields = t[:, self.num_gates:]
             scalars = act(fields.index_select(1, self.scalar_channels))
             v = fields.index_select(1, self.field_channels)
