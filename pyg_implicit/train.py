@@ -437,7 +437,7 @@ def evaluate(model, batches: _Batches, device, batch_size: int, distributed: boo
 def _time_reversal_warning(variant: str, group: str, time_reversal: bool) -> Optional[str]:
     """Time reversal is exact for charged-field too, but a model whose group does not fix
     the field axis infers the field's direction from the velocities, a cue that reversed
-    samples turn around (RESULTS.md: O(3) validation 0.0159 against 0.0054 after 9 epochs)."""
+    samples turn around (RESULTS_LOG.md: O(3) validation 0.0159 against 0.0054 after 9 epochs)."""
     if variant == "charged-field" and time_reversal and group not in AXIAL_GROUPS:
         return (f"--group {group} does not fix the field axis z of charged-field: with "
                 f"--time-reversal such a model trains much worse (it reads the field's "

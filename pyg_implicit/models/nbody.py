@@ -32,7 +32,7 @@ the groups about z are each only partly symmetries of it. On the ``charged`` tes
 split, rotating a system at random, simulating and rotating back moves the target
 by a mean squared 0.0051; the variance of the target over rotations is 0.0026, a
 floor that no exactly O(3)-equivariant predictor can beat and more than half the
-O(3) model's test MSE (see ``benchmarks/results/RESULTS.md``). ``fullocta``
+O(3) model's test MSE (see ``benchmarks/results/RESULTS_LOG.md``). ``fullocta``
 kernels have to learn the rest of the rotation symmetry from data;
 ``axis_attr=True`` instead keeps the kernels of ``group`` and breaks the symmetry
 down to O_h through edge attributes that see the axes. For ``charged-field``
@@ -94,7 +94,7 @@ Ablations that did not help (linear messages, Coulomb, closest-approach and
 axis-aware edge attributes, a force node feature, the pair's relative velocity
 as the only velocity attribute, field dropout) were removed with the rebuild on
 the :mod:`pyg_implicit.nn` blocks; their results stay in
-``benchmarks/results/RESULTS.md``.
+``benchmarks/results/RESULTS_LOG.md``.
 """
 from __future__ import annotations
 
