@@ -28,16 +28,13 @@ The Coulomb physics of ``charged`` is O(3)-symmetric, but the published simulato
 clips every Cartesian force component at 100 (close encounters, ``r < ~0.1``), and
 that commutes only with permuting and flipping the axes: the data's exact symmetry
 group is O_h (``fullocta``; tested in ``tests/test_nbody.py``), and O(3), SO(3) and
-the groups about z are each only partly symmetries of it. On the ``charged`` test
-split, rotating a system at random, simulating and rotating back moves the target
-by a mean squared 0.0051; the variance of the target over rotations is 0.0026, a
-floor that no exactly O(3)-equivariant predictor can beat and more than half the
-O(3) model's test MSE (see ``benchmarks/results/RESULTS_LOG.md``). ``fullocta``
-kernels have to learn the rest of the rotation symmetry from data;
-``axis_attr=True`` instead keeps the kernels of ``group`` and breaks the symmetry
-down to O_h through edge attributes that see the axes. For ``charged-field``
-``so2z`` and ``o2z`` are the symmetries of the physics, and O(3)/SO(3) models are
-over-constrained (they cannot even represent the field's direction).
+the groups about z are each only partly symmetries of it: the targets' variance over
+rotations is a floor that no exactly O(3)-equivariant predictor can beat
+(``benchmarks/nbody_rotation_floor.py`` measures it; ``benchmarks/results/`` has the
+numbers). ``fullocta`` kernels have to learn the rest of the rotation symmetry from
+data. For ``charged-field`` ``so2z`` and ``o2z`` are the symmetries of the physics,
+and O(3)/SO(3) models are over-constrained (they cannot even represent the field's
+direction).
 
 For the finite groups the kernel MLPs use regular fields with a pointwise
 nonlinearity (exactly equivariant); ``hidden_channels`` then counts regular fields
