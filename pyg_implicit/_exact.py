@@ -95,6 +95,15 @@ def fourier_masters(modules) -> List[Tuple[torch.nn.Module, str, np.ndarray]]:
     return out
 
 
+def restore_masters(masters: List[Tuple[torch.nn.Module, str, np.ndarray]]) -> None:
+    """Write float64 masters (from :func:`fourier_masters`) into their (possibly moved)
+    buffers."""
+    with torch.no_grad():
+        for module, name, master in masters:
+            buf = getattr(module, name)
+            buf.copy_(torch.from_numpy(master).to(buf))
+
+
 def dense_gather_index(lin: enn.Linear) -> torch.Tensor:
     """See :func:`dense_gather`: the index alone."""
     return dense_gather(lin)[0]

@@ -26,7 +26,7 @@ from escnn.group import Representation
 
 from ._exact import (ExactLinearBases, InjectiveGather, dense_gather, dense_gather_index,
                      expand_bias, expand_linear, fourier_masters, injective_gather_inverse,
-                     linear_blocks, sparse_bias_index)
+                     linear_blocks, restore_masters, sparse_bias_index)
 from .nonlinearities import build_hidden_block
 from .plan import KernelPlan, edge_kernels, envelope
 
@@ -104,10 +104,7 @@ class ImplicitKernel(torch.nn.Module):
         super()._apply(fn, *args, **kwargs)
         if hasattr(self, "_exact_fourier"):
             self._exact_linear.restore()
-            with torch.no_grad():
-                for module, name, master in self._exact_fourier:
-                    buf = getattr(module, name)
-                    buf.copy_(torch.from_numpy(master).to(buf))
+            restore_masters(self._exact_fourier)
         return self
 
     def _build(self, in_type, out_type, edge_attr_type, hidden_channels, hidden_layers,

@@ -79,18 +79,28 @@ def check_equivariance(module: Callable, in_type: enn.FieldType, out_type: enn.F
         exact = getattr(kernel, "exact_elements", None)
     attr_reps = [] if edge_attr_type is None else list(
         getattr(edge_attr_type, "representations", edge_attr_type))
-    y = module(x, pos, edge_index, edge_attr)
-    scale = y.abs().max().clamp_min(torch.finfo(y.dtype).tiny)
-    worst = 0.0
-    for g in group_elements(G, elements, num, exact, seed):
+
+    def transformed(g):
         R = _matrix(gspace.basespace_action, g, pos)
-        rho_in = _directsum(in_type.representations, g, x)
-        rho_out = _directsum(out_type.representations, g, y)
         attr_g = None
         if edge_attr is not None:
             attr_g = edge_attr @ _directsum(attr_reps, g, edge_attr).t()
-        y_g = module(x @ rho_in.t(), pos @ R.t(), edge_index, attr_g)
-        worst = max(worst, float(((y_g - y @ rho_out.t()).abs().max() / scale).detach()))
+        return module(x @ _directsum(in_type.representations, g, x).t(), pos @ R.t(),
+                      edge_index, attr_g)
+
+    return _worst_error(module(x, pos, edge_index, edge_attr), transformed, out_type,
+                        group_elements(G, elements, num, exact, seed))
+
+
+def _worst_error(y: torch.Tensor, transformed: Callable, out_type: enn.FieldType,
+                 elements: Sequence[GroupElement]) -> float:
+    """``max_g |transformed(g) - rho_out(g) y| / max|y|``."""
+    scale = y.abs().max().clamp_min(torch.finfo(y.dtype).tiny)
+    worst = 0.0
+    for g in elements:
+        rho_out = _directsum(out_type.representations, g, y)
+        worst = max(worst, float(((transformed(g) - y @ rho_out.t()).abs().max()
+                                  / scale).detach()))
     return worst
 
 
@@ -196,12 +206,7 @@ def check_node_equivariance(module: Callable, in_type: enn.FieldType,
     G = in_type.fibergroup
     if exact is None:
         exact = getattr(module, "exact_elements", None)
-    y = module(x, **kwargs)
-    scale = y.abs().max().clamp_min(torch.finfo(y.dtype).tiny)
-    worst = 0.0
-    for g in group_elements(G, elements, num, exact, seed):
-        rho_in = _directsum(in_type.representations, g, x)
-        rho_out = _directsum(out_type.representations, g, y)
-        y_g = module(x @ rho_in.t(), **kwargs)
-        worst = max(worst, float(((y_g - y @ rho_out.t()).abs().max() / scale).detach()))
-    return worst
+    return _worst_error(
+        module(x, **kwargs),
+        lambda g: module(x @ _directsum(in_type.representations, g, x).t(), **kwargs),
+        out_type, group_elements(G, elements, num, exact, seed))

@@ -31,13 +31,9 @@ def check_field_type(ftype, name: str, gspace=None) -> enn.FieldType:
     return ftype
 
 
-def _no_base_space(group):
-    return gspaces.no_base_space(group)
-
-
 def fiber_type(ftype: enn.FieldType) -> enn.FieldType:
     """The same representations on ``no_base_space(G)``: tensors ``[N, C]``."""
-    return enn.FieldType(_no_base_space(ftype.fibergroup), ftype.representations)
+    return enn.FieldType(gspaces.no_base_space(ftype.fibergroup), ftype.representations)
 
 
 def trivial_field_mask(ftype: enn.FieldType) -> List[bool]:
@@ -101,7 +97,7 @@ def field_type(gspace, channels: int, kind: str = "auto", band_limit: int = 1) -
     if kind == "auto":
         kind = default_kind(G)
     if kind in ("regular", "fourier", "quotient"):
-        block = build_hidden_block(_no_base_space(G), channels, band_limit, kind)
+        block = build_hidden_block(gspaces.no_base_space(G), channels, band_limit, kind)
         return enn.FieldType(gspace, block.module.in_type.representations)
     if G.continuous:
         irreps = [G.irrep(*irr) for irr in _band_limited_irreps(G, band_limit)]
@@ -163,9 +159,9 @@ class FieldModule(torch.nn.Module):
                              f"(in_type.size), got {list(x.shape)}")
         return x
 
-    def _like(self, y: Tensor, x, out_type: Optional[enn.FieldType] = None):
+    def _like(self, y: Tensor, x):
         if isinstance(x, enn.GeometricTensor):
-            return enn.GeometricTensor(y, out_type or self.out_type, coords=x.coords)
+            return enn.GeometricTensor(y, self.out_type, coords=x.coords)
         return y
 
     def extra_repr(self) -> str:

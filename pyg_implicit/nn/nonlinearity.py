@@ -4,20 +4,21 @@ from __future__ import annotations
 from typing import List, Optional
 
 import torch
+from escnn import gspaces
 from escnn import nn as enn
 from torch import Tensor
 
-from .._exact import fourier_masters
+from .._exact import fourier_masters, restore_masters
 from ..kernel import _default_dtype
 from ..nonlinearities import _ESCNN_FUNCTIONS, _set_function, build_hidden_block, default_kind
-from .fields import (FieldModule, _no_base_space, check_field_type, field_channels,
-                     fiber_type, trivial_field_mask)
+from ..plan import _ACT_FN, ACTIVATIONS
+from .fields import (FieldModule, check_field_type, field_channels, fiber_type,
+                     trivial_field_mask)
 
 NONLINEARITY_KINDS = ("auto", "gated", "norm", "pointwise", "fourier", "quotient")
 NORM_FUNCTIONS = {"n_relu": torch.relu, "n_sigmoid": torch.sigmoid,
                   "n_softplus": torch.nn.functional.softplus}
-_ACTIVATIONS = {"elu": torch.nn.functional.elu, "relu": torch.relu, "tanh": torch.tanh,
-                "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu}
+_ACTIVATIONS = {name: _ACT_FN[code] for name, code in ACTIVATIONS.items()}
 _MAX_BAND_LIMIT = 8
 
 
@@ -82,20 +83,15 @@ class EquivariantNonlinearity(FieldModule):
                              f"got {norm_function!r}")
         self.out_type, self.activation, self.norm_function = out_type, activation, norm_function
         self.exact_elements = None  # None: exact for every element of G
-        self.fourier = None
+        fourier = None  # the escnn Fourier block "auto" found, if any
         if kind == "auto":
-            kind = self._auto_kind(out_type, grid_size, grid, activation)
+            kind, fourier = self._auto_kind(out_type, grid_size, grid, activation)
         self.kind = kind
 
         trivial = trivial_field_mask(out_type)
         nontrivial = [i for i, t in enumerate(trivial) if not t]
         self.num_gates = len(nontrivial) if kind == "gated" else 0
-        if kind == "gated":
-            gates = enn.FieldType(out_type.gspace,
-                                  [out_type.fibergroup.trivial_representation] * self.num_gates)
-            self.in_type = gates + out_type
-        else:
-            self.in_type = out_type
+        self.in_type = gated_input_type(out_type) if kind == "gated" else out_type
 
         if kind in ("gated", "norm"):
             self._register_field_layout(out_type, trivial, nontrivial)
@@ -111,41 +107,37 @@ class EquivariantNonlinearity(FieldModule):
             self.pointwise_module = _set_function(enn.PointwiseNonLinearity(
                 fiber_type(out_type), function=_ESCNN_FUNCTIONS[activation]), activation)
         elif kind in ("fourier", "quotient"):
-            if self.fourier is None:
-                self.fourier = self._find_fourier(out_type, kind, grid_size, grid, activation)
-                if self.fourier is None:
+            if fourier is None:
+                fourier = self._find_fourier(out_type, kind, grid_size, grid, activation)
+                if fourier is None:
                     raise ValueError(
                         f"kind={kind!r} needs out_type made of one band-limited "
                         f"{'sphere' if kind == 'quotient' else 'group'} representation "
                         f"per field (build it with field_type(gspace, channels, {kind!r}, "
                         f"band_limit)); got {sorted({r.name for r in out_type.representations})}")
-            self.exact_elements = self.fourier.exact_elements
-            self.fourier_module = self.fourier.module
+            self.exact_elements = fourier.exact_elements
+            self.fourier_module = fourier.module
             self._exact_fourier = fourier_masters([self.fourier_module])  # float64
             self.fourier_module.to(torch.get_default_dtype())
-        self.fourier = None  # the module is registered; the block record is not kept
 
     def _apply(self, fn, *args, **kwargs):
         # dtype/device moves round the sampling matrices; rewrite them from float64
         super()._apply(fn, *args, **kwargs)
-        with torch.no_grad():
-            for module, name, master in getattr(self, "_exact_fourier", []):
-                buf = getattr(module, name)
-                buf.copy_(torch.from_numpy(master).to(buf))
+        restore_masters(getattr(self, "_exact_fourier", []))
         return self
 
     # ------------------------------------------------------------ construction
-    def _auto_kind(self, out_type, grid_size, grid, activation) -> str:
+    def _auto_kind(self, out_type, grid_size, grid, activation):
+        """``(kind, Fourier block or None)`` that ``"auto"`` picks for ``out_type``."""
         G = out_type.fibergroup
         if all("pointwise" in r.supported_nonlinearities for r in out_type.representations):
-            return "pointwise"
+            return "pointwise", None
         default = default_kind(G)
         if default in ("fourier", "quotient"):
             block = self._find_fourier(out_type, default, grid_size, grid, activation)
             if block is not None:
-                self.fourier = block
-                return default
-        return "gated"
+                return default, block
+        return "gated", None
 
     @staticmethod
     def _find_fourier(out_type, kind, grid_size, grid, activation):
@@ -156,7 +148,7 @@ class EquivariantNonlinearity(FieldModule):
         prefix = "quotient[" if kind == "quotient" else "regular_["
         if not reps[0].name.startswith(prefix):
             return None
-        nbs = _no_base_space(out_type.fibergroup)
+        nbs = gspaces.no_base_space(out_type.fibergroup)
         for band_limit in range(_MAX_BAND_LIMIT + 1):
             try:
                 with _default_dtype(torch.float64):  # exact float64 sampling matrices
