@@ -398,6 +398,21 @@ def test_cached_csr_is_rebuilt_when_edge_index_changes():
 
 
 @fused_cpu
+def test_fused_conv_under_inference_mode():
+    """Inference tensors have no version counter to key the CSR cache on (Lightning
+    tests under torch.inference_mode); they are not cached, and still right."""
+    conv, _ = make_conv("C4", backend="fused")
+    x, pos, edge_index, attr = graph_inputs(conv, num_edges=40, seed=9)
+    expected = manual_conv(conv, x, pos, edge_index, attr)
+    with torch.inference_mode():
+        ei = edge_index.clone()
+        assert_rows_close(conv(x, pos, ei, attr), expected, 1e-10, "inference mode")
+        ei[1] = ei[1].flip(0)  # modified in place: must not be served from a cache
+        assert_rows_close(conv(x, pos, ei, attr), manual_conv(conv, x, pos, ei, attr), 1e-10,
+                          "modified inference tensor")
+
+
+@fused_cpu
 def test_supplied_csr_must_match_edge_index():
     from pyg_implicit.ops import build_csr, debug_checks
     conv, _ = make_conv("C4", backend="fused")

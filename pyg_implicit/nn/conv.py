@@ -163,7 +163,10 @@ class ImplicitPointConv(MessagePassing):
 
     def _cached_csr(self, ops, edge_index: Tensor, size):
         # keyed on the tensor object itself (weakly) and its version counter, so a
-        # new or modified edge_index never hits a stale entry
+        # new or modified edge_index never hits a stale entry; inference tensors
+        # (torch.inference_mode) have no version counter and are not cached
+        if edge_index.is_inference():
+            return ops.build_csr(edge_index, size[0], size[1])
         cache = self._csr_cache
         if cache is not None and cache[0]() is edge_index and \
                 cache[1] == (edge_index._version, size):

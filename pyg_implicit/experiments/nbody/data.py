@@ -88,7 +88,7 @@ are independent. The simulation itself is deterministic and per-simulation
 
 Command line::
 
-    python -m pyg_implicit.datasets.nbody generate --out data/nbody \
+    python -m pyg_implicit.experiments.nbody.data generate --out data/nbody \
         [--variant charged|charged-field] [--num-train 3000 --num-val 2000 \
         --num-test 2000] [--seed 43] [--length 5000] [--sample-freq 100]
 """
@@ -329,7 +329,7 @@ def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
     path = os.path.join(root, f"{split}.npz")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; generate it with "
-                                f"`python -m pyg_implicit.datasets.nbody generate --out {root}`")
+                                f"`python -m pyg_implicit.experiments.nbody.data generate --out {root}`")
     with np.load(path) as z:
         loc, vel, charges = z["loc"], z["vel"], z["charges"]
         variant = str(z["variant"])
@@ -416,7 +416,7 @@ if InMemoryDataset is not None:
 # --------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pyg_implicit.datasets.nbody",
+    p = argparse.ArgumentParser(prog="python -m pyg_implicit.experiments.nbody.data",
                                 description="Charged N-body data (EGNN protocol).")
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="simulate and write {train,val,test}.npz")

@@ -1,7 +1,8 @@
 """Bookkeeping that keeps training runs apart: one folder per run, checkpoints that
 record what they belong to, resumption only when asked, atomic writes.
 
-Used by :mod:`pyg_implicit.train`; nothing here knows about a particular experiment.
+Used by :mod:`pyg_implicit.experiments.engine`; nothing here knows about a particular
+experiment.
 """
 from __future__ import annotations
 
@@ -12,17 +13,24 @@ import os
 import subprocess
 from typing import Dict, Iterable, Mapping, Optional
 
-import torch
 
 RUNS_DIR = "runs"  # default parent of run folders (relative to the working directory)
-LAST, BEST, RESULT = "last.pt", "best.pt", "result.json"
+RESULT = "result.json"
+LAST = "last.ckpt"
+# options that do not define a run: a resumed run may change them (--epochs and
+# --time-limit stretch the schedule; the data may move if its fingerprint stays)
+VOLATILE = ("epochs", "time_limit", "out", "resume", "allow_change", "record", "no_progress",
+            "accelerator", "devices", "num_nodes", "threads", "data", "run_name")
+# the folder Lightning's launcher gives the processes it starts (they re-run the command)
+RUN_DIR_ENV = "PYG_IMPLICIT_RUN_DIR"
 
 
 # --------------------------------------------------------------------------- atomic writes
 
-def _atomic(path: str, write) -> None:
+def _atomic(path: str, write, exclusive: bool = False) -> None:
     """Write through a temporary file in the same folder, then rename: a reader (or a
-    run killed mid-write) sees the old file or the new one, never a partial one."""
+    run killed mid-write) sees the old file or the new one, never a partial one.
+    ``exclusive``: link instead of rename, which fails if ``path`` exists."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
@@ -31,21 +39,33 @@ def _atomic(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise SystemExit(f"{path} already exists; it is not replaced") from None
+        else:
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_json(obj, path: str) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+def atomic_write_json(obj, path: str, exclusive: bool = False) -> None:
+    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()), exclusive)
 
 
 # --------------------------------------------------------------------------- identity
+
+def repo_root() -> str:
+    """The source tree this package runs from (its git checkout when installed editable)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_config(args) -> Dict:
+    """The resolved options that define a run (all but :data:`VOLATILE`)."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in VOLATILE}
+
 
 def code_version(root: str) -> Dict[str, Optional[str]]:
     """Git commit of ``root`` and whether tracked files differ from it."""
@@ -76,10 +96,8 @@ def data_fingerprint(root: str) -> Dict[str, Dict]:
     return out
 
 
-def differences(saved: Mapping, now: Mapping, legacy: Mapping = ()) -> Dict[str, tuple]:
-    """``{key: (saved, now)}`` for every key whose value differs; a key missing from
-    ``saved`` takes its ``legacy`` value (what runs did before the option existed)."""
-    saved = {**{k: v for k, v in dict(legacy).items() if k in now}, **saved}
+def differences(saved: Mapping, now: Mapping) -> Dict[str, tuple]:
+    """``{key: (saved, now)}`` for every key whose value differs."""
     missing = object()
     diff = {}
     for key in sorted(set(saved) | set(now)):
@@ -95,18 +113,21 @@ def describe(diff: Mapping[str, tuple]) -> str:
 
 # --------------------------------------------------------------------------- run folders
 
-def new_run_dir(out: Optional[str], name: str) -> str:
+def new_run_dir(out: Optional[str], name: str, create: bool = True) -> str:
     """A fresh folder for a new run: ``out`` (which must be missing or empty) or
-    ``runs/<name>-<UTC time>-<pid>``, created exclusively."""
+    ``runs/<name>-<UTC time>-<pid>``, created exclusively by the first process
+    (``create``); the processes Lightning launches find it in ``$PYG_IMPLICIT_RUN_DIR``."""
+    if not create:
+        return os.environ.get(RUN_DIR_ENV) or out
     if out is None:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = os.path.join(RUNS_DIR, f"{name}-{stamp}-{os.getpid()}")
         os.makedirs(out)  # exclusive: the pid keeps simultaneous runs apart
-        return out
-    if os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and os.listdir(out):
         raise SystemExit(f"--out {out} already holds a run ({', '.join(sorted(os.listdir(out))[:4])}"
                          f"); pass --resume auto to continue it, or another --out")
     os.makedirs(out, exist_ok=True)
+    os.environ[RUN_DIR_ENV] = out
     return out
 
 
@@ -125,13 +146,6 @@ def resume_checkpoint(resume: str, out: Optional[str]) -> str:
     if not os.path.isfile(path):
         raise SystemExit(f"--resume {resume}: no checkpoint at {path}")
     return path
-
-
-def check_record_target(path: str, overwrite: bool) -> None:
-    """Refuse, before any training, to replace a recorded result unless asked."""
-    if os.path.exists(path) and not overwrite:
-        raise SystemExit(f"--record: {path} already holds a recorded result; pass "
-                         f"--overwrite-record to replace it")
 
 
 def allowed_changes(keys: Iterable[str]) -> set:

@@ -2,7 +2,7 @@ r"""Implicit-kernel model for the charged N-body task.
 
 :class:`NBodyModel` predicts particle positions ``T`` steps ahead from the
 current positions, velocities and charges (see
-:mod:`pyg_implicit.datasets.nbody`). It is a stack of
+:mod:`pyg_implicit.experiments.nbody.data`). It is a stack of
 :class:`~pyg_implicit.ImplicitPointConv` layers over the fully connected
 particle graph **with self loops** (the kernel at relative position 0 is a
 learned self-interaction, constrained like every other kernel value).
