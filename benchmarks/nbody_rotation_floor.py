@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyg_implicit.datasets.nbody import SimConfig, forces  # noqa: E402
+from pyg_implicit.experiments.nbody.data import SimConfig, forces  # noqa: E402
 
 
 def random_rotations(num: int, seed: int) -> np.ndarray:

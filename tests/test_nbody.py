@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyg_implicit.datasets import nbody as nb
+from pyg_implicit.experiments.nbody import data as nb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,7 +226,7 @@ def test_dataset_graphs(tmp_path):
 # --------------------------------------------------------------------------- model
 
 def _small_model(group, **kw):
-    from pyg_implicit.models.nbody import NBodyModel
+    from pyg_implicit.experiments.nbody.model import NBodyModel
 
     # the sphere groups' Fourier nonlinearity on the icosahedral grid is exactly
     # equivariant to the 60 (SO(3)) / 120 (O(3)) icosahedral symmetries
@@ -244,7 +244,7 @@ def _small_model(group, **kw):
 
 
 def _inputs(B=3, seed=0):
-    from pyg_implicit.models.nbody import fully_connected_edges
+    from pyg_implicit.experiments.nbody.model import fully_connected_edges
 
     g = torch.Generator().manual_seed(seed)
     pos = torch.randn(B * 5, 3, generator=g, dtype=torch.float64)
@@ -340,7 +340,7 @@ def test_model_charge_flip():
 
 def test_perturb_inputs_is_free_flight():
     """The noise moves the targets as free flight over the horizon would."""
-    from pyg_implicit.train import perturb_inputs
+    from pyg_implicit.experiments.nbody.train import perturb_inputs
 
     g = torch.Generator().manual_seed(0)
     b = {k: torch.randn(10, 3, generator=g) for k in ("pos", "vel", "target")}
@@ -371,7 +371,7 @@ def test_model_galilean_boost(relative_velocity):
 def test_model_uses_the_public_blocks():
     """No private gate or norm: the model's nonlinearity and norms are the blocks of
     pyg_implicit.nn, and the removed ablation options are gone."""
-    from pyg_implicit.models.nbody import NBodyModel
+    from pyg_implicit.experiments.nbody.model import NBodyModel
     from pyg_implicit.nn import EquivariantLayerNorm, EquivariantNonlinearity
 
     model = _small_model("so2z")
@@ -405,271 +405,8 @@ def test_model_output_and_gradients():
         assert_rows_close(g, g_ref, 1e-10, f"gradient of {name}")
 
 
-# --------------------------------------------------------------------------- CLI
-
-def _env():
-    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                OMP_NUM_THREADS="1")
-
-
-def _run(args, cwd=REPO, ok=True):
-    r = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=_env(), capture_output=True,
-                       text=True, timeout=300)
-    if ok:
-        assert r.returncode == 0, r.stdout + r.stderr
-        return r.stdout
-    assert r.returncode != 0, r.stdout + r.stderr
-    return r.stdout + r.stderr
-
-
-def _result(run_dir):
-    with open(os.path.join(run_dir, "result.json")) as f:
-        return json.load(f)
-
-
-def _generate(data, seed):
-    _run(["pyg_implicit.datasets.nbody", "generate", "--out", str(data), "--num-train", "12",
-          "--num-val", "6", "--num-test", "6", "--length", "1000", "--seed", str(seed),
-          "--no-progress"])
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nbody_cli")
-    data, other_data = tmp / "data", tmp / "other_data"
-    _generate(data, 1)
-    _generate(other_data, 2)
-    train_args = ["pyg_implicit.train", "nbody", "--data", str(data), "--group", "so2z",
-                  "--frame-0", "3", "--frame-T", "8", "--batch-size", "4", "--num-layers", "1",
-                  "--scalars", "2", "--vectors", "1", "--hidden-channels", "4",
-                  "--hidden-layers", "1", "--band-limit", "1", "--threads", "1",
-                  "--ema", "0.5", "--validate-raw", "--no-progress"]
-    run1 = tmp / "run1"
-    out1 = _run(train_args + ["--out", str(run1), "--epochs", "1"])
-    res1 = _result(run1)
-    out2 = _run(train_args + ["--out", str(run1), "--resume", "auto", "--epochs", "2"])
-    res2 = _result(run1)
-    # the same two epochs without the interruption
-    _run(train_args + ["--epochs", "2", "--out", str(tmp / "straight")])
-    straight = _result(tmp / "straight")
-    return dict(tmp=tmp, data=data, other_data=other_data, run1=run1, out1=out1, out2=out2,
-                res1=res1, res2=res2, straight=straight, train_args=train_args)
-
-
-def test_cli_smoke_and_resume(tiny_run):
-    r1, r2 = tiny_run["res1"], tiny_run["res2"]
-    assert "test MSE" in tiny_run["out1"]
-    for key in ("test_mse", "command", "group", "variant", "wall_time_s"):
-        assert key in r1
-    assert r1["group"] == "so2z" and r1["variant"] == "charged"
-    assert r1["model_config"]["node_charge"] is False  # "auto" on `charged`
-    assert r1["optimizer"] == "adamw" and r1["weight_decay"] == 0.05  # resolved default
-    assert r1["epochs_completed"] == 1 and np.isfinite(r1["test_mse"])
-    assert "pyg_implicit.train nbody" in r1["command"]
-    # the result knows its run folder, configuration, data and code
-    assert r1["run_dir"] == str(tiny_run["run1"]) and r1["config"]["batch_size"] == 4
-    assert set(r1["data_fingerprint"]) == {"train.npz", "val.npz", "test.npz", "meta.json"}
-    assert all(len(f["sha256"]) == 64 for f in r1["data_fingerprint"].values())
-    assert "commit" in r1["code"] and r1["resumes"] == []
-    # the second command was asked to resume, and did
-    assert "resumed" in tiny_run["out2"] and "resumed" not in tiny_run["out1"]
-    assert r2["epochs_completed"] == 2 and [r["epoch"] for r in r2["resumes"]] == [1]
-    assert r2["history"][0] == r1["history"][0]
-    # the run folder holds the run's log, checkpoints and result
-    assert {"train.log", "last.pt", "best.pt", "result.json"} <= set(os.listdir(tiny_run["run1"]))
-    assert open(tiny_run["run1"] / "train.log").read().count("test MSE") == 2
-    # resuming restores the model, its weight average, the optimiser and the RNG: the
-    # resumed run validates exactly like an uninterrupted one
-    straight = tiny_run["straight"]
-    for key in ("train_mse", "val_mse", "val_mse_raw", "lr"):
-        assert [h[key] for h in r2["history"]] == [h[key] for h in straight["history"]], key
-    assert r2["test_mse"] == straight["test_mse"]
-    # the averaged weights are what is validated (decay 0.5: they differ from the raw ones)
-    assert all(h["val_mse"] != h["val_mse_raw"] for h in r2["history"])
-
-
-def _copy_run(tiny_run, tmp_path):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run["run1"], run)
-    return run
-
-
-def test_resume_from_a_checkpoint_without_a_later_option(tiny_run, tmp_path):
-    """A last checkpoint written before an option existed (no ``input_noise`` key)
-    resumes under the option's legacy value; another value is refused, naming it."""
-    run = _copy_run(tiny_run, tmp_path)
-    ck = torch.load(run / "last.pt", weights_only=False)
-    del ck["meta"]["config"]["input_noise"]
-    torch.save(ck, run / "last.pt")
-    args = tiny_run["train_args"] + ["--out", str(run), "--resume", "auto"]
-    assert "resumed" in _run(args + ["--epochs", "3"])
-    assert _result(run)["epochs_completed"] == 3
-    err = _run(args + ["--epochs", "4", "--input-noise", "0.2"], ok=False)
-    assert "input_noise: 0.0 in the checkpoint, 0.2 now" in err
-
-
-def test_resume_refuses_other_data_and_configuration(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
-    args = tiny_run["train_args"] + ["--resume", str(run), "--epochs", "3"]
-    other = [a if a != str(tiny_run["data"]) else str(tiny_run["other_data"]) for a in args]
-    err = _run(other, ok=False)
-    assert "was written by another run" in err and "data:" in err and "differing" in err
-    err = _run(args + ["--lr", "0.01"], ok=False)
-    assert "lr: 0.001 in the checkpoint, 0.01 now" in err and "--allow-change lr" in err
-    assert _result(run)["epochs_completed"] == 2  # nothing was touched
-    # a deliberate change, allowed and recorded
-    _run(args + ["--lr", "0.01", "--allow-change", "lr"])
-    res = _result(run)
-    assert res["epochs_completed"] == 3 and res["resumes"][-1]["changed"] == {"lr": [0.001, 0.01]}
-    # a run folder that holds a run is not reused by a fresh run
-    err = _run(tiny_run["train_args"] + ["--out", str(run), "--epochs", "1"], ok=False)
-    assert "already holds a run" in err and "--resume auto" in err
-    err = _run(tiny_run["train_args"] + ["--resume", "auto", "--epochs", "1"], ok=False)
-    assert "--resume auto continues the run in --out" in err
-
-
-def test_resume_checks_the_training_options(tiny_run, tmp_path):
-    """A run with weight averaging but without --validate-raw checkpoints its raw weights
-    in training mode (no escnn eval caches) and resumes; a changed batch size is refused."""
-    args = [a for a in tiny_run["train_args"] if a != "--validate-raw"]
-    args += ["--out", str(tmp_path / "run"), "--input-noise", "0.01", "--huber-delta", "0.05",
-             "--train-windows", "2", "--no-time-reversal"]
-    _run(args + ["--epochs", "1"])
-    assert "resumed" in _run(args + ["--epochs", "2", "--resume", "auto"])
-    res = _result(tmp_path / "run")
-    assert res["epochs_completed"] == 2 and res["input_noise"] == 0.01
-    assert res["huber_delta"] == 0.05
-    assert res["train_windows"] == 2 and res["train_samples"] == 2 * 12
-    assert res["time_reversal"] is False
-    assert tiny_run["res1"]["time_reversal"] is True  # the default: forward + backward
-    assert tiny_run["res1"]["train_samples"] == 2 * 12
-    err = _run(args + ["--epochs", "3", "--resume", "auto", "--batch-size", "3"], ok=False)
-    assert "batch_size: 4 in the checkpoint, 3 now" in err
-    # a checkpoint from before --time-reversal existed was trained without it
-    from pyg_implicit.runs import differences
-    from pyg_implicit.train import _LEGACY_ARGS
-
-    saved = {"batch_size": 4, "huber_delta": 0.3}
-    now = {"batch_size": 4, "huber_delta": 0.3, "time_reversal": True}
-    assert differences(saved, now, _LEGACY_ARGS) == {"time_reversal": (False, True)}
-    assert differences({**saved, "time_reversal": True}, now, _LEGACY_ARGS) == {}
-
-
-def _results_snapshot():
-    folder = os.path.join(REPO, "benchmarks", "results")
-    snap = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            snap[path] = (os.path.getsize(path), os.path.getmtime(path))
-    return snap
-
-
-def test_smoke_run_then_full_run_do_not_interact(tiny_run, tmp_path):
-    """The issue's scenario: a one-epoch smoke run on one dataset, then the default
-    command on another, in the same working directory: the second starts fresh in its
-    own folder, and nothing under benchmarks/results/ changes."""
-    before = _results_snapshot()
-    base = [a for a in tiny_run["train_args"]]
-    _run(base + ["--epochs", "1"], cwd=tmp_path)
-    other = [a if a != str(tiny_run["data"]) else str(tiny_run["other_data"]) for a in base]
-    out = _run(other + ["--epochs", "2"], cwd=tmp_path)
-    assert "resumed" not in out
-    folders = sorted(os.listdir(tmp_path / "runs"))
-    assert len(folders) == 2, folders
-    results = [_result(tmp_path / "runs" / f) for f in folders]
-    assert sorted(r["epochs_completed"] for r in results) == [1, 2]
-    assert {r["data"] for r in results} == {str(tiny_run["data"]), str(tiny_run["other_data"])}
-    assert results[0]["data_fingerprint"] != results[1]["data_fingerprint"]
-    assert _results_snapshot() == before
-
-
-def test_concurrent_runs_do_not_share_files(tiny_run, tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-m", *tiny_run["train_args"], "--epochs", "1",
-                               "--seed", str(seed)], cwd=tmp_path, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for seed in (0, 1)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    folders = sorted(os.listdir(tmp_path / "runs"))
-    assert len(folders) == 2, folders
-    seeds = sorted(_result(tmp_path / "runs" / f)["seed"] for f in folders)
-    assert seeds == [0, 1]
-    for f in folders:
-        assert {"train.log", "last.pt", "best.pt", "result.json"} <= \
-            set(os.listdir(tmp_path / "runs" / f))
-
-
-def test_record_is_explicit_and_never_overwrites(tiny_run, tmp_path):
-    record = tmp_path / "recorded.json"
-    args = tiny_run["train_args"] + ["--epochs", "1", "--record", str(record)]
-    _run(args + ["--out", str(tmp_path / "a")])
-    first = json.load(open(record))
-    assert first == _result(tmp_path / "a")
-    err = _run(args + ["--out", str(tmp_path / "b")], ok=False)
-    assert "already holds a recorded result" in err and "--overwrite-record" in err
-    assert not (tmp_path / "b" / "last.pt").exists()  # refused before training
-    _run(args + ["--out", str(tmp_path / "c"), "--overwrite-record"])
-    assert json.load(open(record))["run_dir"] == str(tmp_path / "c")
-
-
-def test_kill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path):
-    """SIGKILL a run during its second epoch: its last checkpoint (epoch 1) loads, and
-    resuming it reproduces the loss history of an uninterrupted run bit for bit."""
-    import signal
-    import time
-
-    args = tiny_run["train_args"] + ["--epochs", "3", "--batch-size", "1"]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", *args, "--out", str(killed)], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL  # killed, not finished
-    ck = torch.load(killed / "last.pt", weights_only=False)  # the last good checkpoint
-    assert ck["epoch"] < 2 and not (killed / "result.json").exists()
-    _run(args + ["--out", str(killed), "--resume", "auto"])
-    _run(args + ["--out", str(tmp_path / "straight")])
-    resumed, straight = _result(killed), _result(tmp_path / "straight")
-    for key in ("train_mse", "val_mse", "val_mse_raw", "lr"):
-        assert [h[key] for h in resumed["history"]] == [h[key] for h in straight["history"]], key
-    assert resumed["test_mse"] == straight["test_mse"]
-
-
-def test_train_windows(tiny_run):
-    """Window k of each training simulation is the pair of frames (frame_0 - k, frame_T - k)."""
-    from pyg_implicit.train import load_train_windows
-
-    train = load_train_windows(str(tiny_run["data"]), 3, 8, 3, None, time_reversal=True)
-    with np.load(tiny_run["data"] / "train.npz") as z:
-        loc, vel, charges = z["loc"], z["vel"], z["charges"]
-    S = loc.shape[0]
-    assert train["pos"].shape == (6 * S, *loc.shape[2:])
-    for k in range(3):
-        rows, back = slice(k * S, (k + 1) * S), slice((3 + k) * S, (4 + k) * S)
-        np.testing.assert_array_equal(train["pos"][rows].numpy(), loc[:, 3 - k])
-        np.testing.assert_array_equal(train["vel"][rows].numpy(), vel[:, 3 - k])
-        np.testing.assert_array_equal(train["target"][rows].numpy(), loc[:, 8 - k])
-        np.testing.assert_array_equal(train["charges"][rows].numpy(), charges)
-        # then the same windows backwards
-        np.testing.assert_array_equal(train["pos"][back].numpy(), loc[:, 8 - k])
-        np.testing.assert_array_equal(train["target"][back].numpy(), loc[:, 3 - k])
-        cfg = nb.SimConfig.for_variant("charged")
-        np.testing.assert_array_equal(
-            train["vel"][back].numpy(),
-            nb.reverse_in_time(cfg, loc[:, 8 - k], vel[:, 8 - k], charges).astype(np.float32))
-    err = _run(tiny_run["train_args"] + ["--train-windows", "5", "--epochs", "1", "--out",
-                                         str(tiny_run["tmp"] / "windows")], ok=False)
-    assert "--train-windows must lie in [1, frame_0 + 1 = 4]" in err
-
-
 def test_position_loss():
-    from pyg_implicit.train import position_loss
+    from pyg_implicit.experiments.nbody.train import position_loss
 
     g = torch.Generator().manual_seed(0)
     target = torch.randn(20, 3, generator=g, dtype=torch.float64)
@@ -692,118 +429,12 @@ def test_position_loss():
                                loss.detach())
 
 
-@pytest.mark.parametrize("saved_in_eval", [False, True])
-@pytest.mark.parametrize("load_in_eval", [False, True])
-def test_load_model_state_from_either_mode(saved_in_eval, load_in_eval):
-    """escnn's Linear has cache buffers only in eval mode; states from either mode load
-    into a model in either mode, which keeps its mode."""
-    from pyg_implicit.train import load_model_state
-
-    model = _small_model("so2z")
-    model.train(not saved_in_eval)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    fresh = _small_model("so2z")
-    with torch.no_grad():
-        for p in fresh.parameters():
-            p.add_(0.1)
-    fresh.train(not load_in_eval)
-    # what load_state_dict alone trips over
-    assert (set(state) != set(fresh.state_dict())) == (saved_in_eval != load_in_eval)
-    load_model_state(fresh, state)
-    assert fresh.training == (not load_in_eval)
-    fresh.eval(), model.eval()
-    args = _inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(*args), model(*args), rtol=0, atol=0)
-
-
-def test_weight_ema_update():
-    from pyg_implicit.train import WeightEMA
-
-    model = torch.nn.Linear(3, 2)
-    ema = WeightEMA(model, 0.9)
-    avg_ref = [p.detach().clone() for p in model.parameters()]
-    for t in range(120):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p))
-        ema.update(model)
-        d = min(0.9, (1 + t) / (10 + t))  # warm-up: 0.1, 0.18, ..., then 0.9
-        avg_ref = [d * a + (1 - d) * p.detach() for a, p in zip(avg_ref, model.parameters())]
-        if t in (0, 5, 119):
-            for avg, ref in zip(ema.module.parameters(), avg_ref):
-                torch.testing.assert_close(avg, ref)
-                assert not avg.requires_grad
-    assert ema.current_decay() == 0.9
-    ema2 = WeightEMA(torch.nn.Linear(3, 2), 0.9)
-    ema2.load_state_dict(ema.state_dict())
-    assert ema2.num_updates == 120
-    for a, b in zip(ema.module.parameters(), ema2.module.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_node_charge_follows_the_variant():
-    """The external field couples to each q_i, so the charge-flip invariant model (no
-    q_i node feature) is only the automatic choice without a field."""
-    from pyg_implicit.train import _node_charge
-
-    assert [_node_charge(c, "charged") for c in ("auto", "on", "off")] == [False, True, False]
-    assert [_node_charge(c, "charged-field") for c in ("auto", "on", "off")] == \
-        [True, True, False]
-
-
 def test_time_reversal_warns_only_a_model_blind_to_the_field_axis():
-    from pyg_implicit.models.nbody import AXIAL_GROUPS, GROUPS
-    from pyg_implicit.train import _time_reversal_warning
+    from pyg_implicit.experiments.nbody.model import AXIAL_GROUPS, GROUPS
+    from pyg_implicit.experiments.nbody.train import time_reversal_warning as _time_reversal_warning
 
     warned = {g for g in GROUPS if _time_reversal_warning("charged-field", g, True)}
     assert warned == set(GROUPS) - set(AXIAL_GROUPS) == {"o3", "so3", "octa", "fullocta"}
     assert "--no-time-reversal" in _time_reversal_warning("charged-field", "o3", True)
     assert not any(_time_reversal_warning(v, g, tr) for g in GROUPS
                    for v, tr in (("charged-field", False), ("charged", True)))
-
-
-def test_checkpoint_roundtrip(tiny_run, tmp_path):
-    from pyg_implicit.datasets.nbody import load_split
-    from pyg_implicit.models.nbody import fully_connected_edges
-    from pyg_implicit.train import load_nbody_checkpoint
-
-    model, ck = load_nbody_checkpoint(str(tiny_run["run1"] / "best.pt"))
-    assert ck["meta"]["experiment"] == "nbody"
-    model.eval()
-    t = load_split(str(tiny_run["data"]), "test", 3, 8)
-    S = t["charges"].shape[0]
-    args = (t["pos"].reshape(-1, 3), t["vel"].reshape(-1, 3), t["charges"].reshape(-1),
-            fully_connected_edges(S, 5))
-    with torch.no_grad():
-        pred = model(*args)
-    # same test MSE as the training process computed from the same checkpoint
-    mse = float(((pred - t["target"].reshape(-1, 3)) ** 2).mean())
-    assert mse == pytest.approx(tiny_run["res2"]["test_mse"], rel=1e-5)
-    # save -> load -> identical predictions
-    path = tmp_path / "again.pt"
-    torch.save({"model": model.state_dict(), "model_config": ck["model_config"]}, path)
-    model2, _ = load_nbody_checkpoint(str(path))
-    model2.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model2(*args), pred, rtol=0, atol=0)
-
-
-def test_checkpoint_from_before_the_rebuild_is_refused(tmp_path):
-    """A checkpoint of the model before its rebuild on the pyg_implicit.nn blocks (its
-    configuration has removed options such as ``messages``) stops with an error that
-    says so, instead of loading mismatched weights."""
-    from pyg_implicit.train import load_nbody_checkpoint
-
-    model = _small_model("so2z")
-    old_config = {**model.config, "messages": "nonlinear", "dropout": 0.0}
-    path = tmp_path / "old.pt"
-    torch.save({"model": model.state_dict(), "model_config": old_config}, path)
-    with pytest.raises(SystemExit, match="before its rebuild.*messages, dropout"):
-        load_nbody_checkpoint(str(path))
-    torch.save({"model": model.state_dict(), "model_config": model.config}, path)
-    loaded, _ = load_nbody_checkpoint(str(path))
-    args = _inputs()
-    with torch.no_grad():  # the float32 round trip of the weights costs ~1e-7
-        torch.testing.assert_close(loaded.double().eval()(*args), model(*args),
-                                   rtol=1e-5, atol=1e-6)

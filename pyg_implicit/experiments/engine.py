@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pyg_implicit.experiments import runs
 
-LAST, BEST = "last.ckpt", "best.ckpt"
+BEST = "best.ckpt"
 
 
 def add_training_options(p) -> None:
@@ -229,27 +229,6 @@ def eval_loader(dataset, batch_size: int, trainer, **kw) -> DataLoader:
     return DataLoader(share, batch_size=batch_size, shuffle=False, **kw)
 
 
-def _check_resumable(path: str, meta: Dict, allowed: set) -> Dict:
-    """Refuse to continue a checkpoint of another experiment, configuration or data
-    (unless the difference is ``allowed``); return the accepted differences."""
-    saved = torch.load(path, map_location="cpu", weights_only=False).get("run")
-    if saved is None or saved.get("experiment") != meta["experiment"]:
-        raise SystemExit(f"--resume: {path} is not a checkpoint of a "
-                         f"{meta['experiment']!r} run of this engine")
-    diff = runs.differences(saved["config"], meta["config"])
-    data_diff = runs.differences(saved["data"], meta["data"])
-    if data_diff:
-        diff["data"] = (f"{len(saved['data'])} files", f"{len(meta['data'])} files, "
-                        f"{len(data_diff)} differing ({', '.join(sorted(data_diff)[:3])})")
-    refused = {k: v for k, v in diff.items() if k not in allowed}
-    if refused:
-        raise SystemExit(f"--resume: {path} was written by another run: "
-                         f"{runs.describe(refused)}. Start a new run, or pass "
-                         f"--allow-change {','.join(refused)} to continue it anyway")
-    return {"checkpoint": path, "changed": {k: list(v) for k, v in diff.items()},
-            "resumes": saved.get("resumes", []), "previous_code": saved["code"]}
-
-
 def _world(args) -> Dict:
     """Devices and nodes; under ``torchrun`` the launcher's (Lightning adopts them)."""
     env = os.environ
@@ -279,17 +258,15 @@ def fit(experiment, args, argv) -> Optional[Dict]:
         root, "benchmarks", "results", f"{run_name}.json")
     if record and os.path.exists(record):
         raise SystemExit(f"--record: {record} already holds a recorded result")
-    meta = {"experiment": experiment.NAME, "config": runs.run_config(args),
-            "data": runs.data_fingerprint(args.data), "code": code, "resumes": []}
+    meta = runs.run_meta(experiment.NAME, args, code)
     resume = runs.resume_checkpoint(args.resume, args.out) if args.resume else None
     if resume:
-        accepted = _check_resumable(resume, meta, runs.allowed_changes(args.allow_change))
-        meta["resumes"] = accepted.pop("resumes") + [accepted | {"code": code}]
+        meta = runs.check_resumable(resume, meta, args.allow_change)
         run_dir = os.path.dirname(resume)
+    elif ranks > 1 and "LOCAL_WORLD_SIZE" in env and args.out is None:
+        raise SystemExit("a torchrun launch needs --out DIR: its processes start "
+                         "together and must agree on the run folder")
     else:
-        if ranks > 1 and "LOCAL_WORLD_SIZE" in env and args.out is None:
-            raise SystemExit("a torchrun launch needs --out DIR: its processes start "
-                             "together and must agree on the run folder")
         run_dir = runs.new_run_dir(args.out, run_name, create=main)
     module.run = meta
     log_path = os.path.join(run_dir, "train.log") if main else None
@@ -335,10 +312,12 @@ def fit(experiment, args, argv) -> Optional[Dict]:
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "lightning": pl.__version__, "git_commit": code["commit"],
               "run_dir": os.path.abspath(run_dir), "data": os.path.abspath(args.data),
-              **meta, **module.describe(), "history": history.rows}
-    runs.atomic_write_json(result, os.path.join(run_dir, runs.RESULT))
+              "data_fingerprint": meta["data"], "experiment": meta["experiment"],
+              "config": meta["config"], "code": code, "resumes": meta["resumes"],
+              **module.describe(), "history": history.rows}
+    runs.write_json(result, os.path.join(run_dir, runs.RESULT))
     if record:
-        runs.atomic_write_json(result, record, exclusive=True)
+        runs.write_json(result, record, exclusive=True)
     log(log_path, "test: " + ", ".join(f"{k} {v:.6g}" for k, v in tested.items())
         + f"; wall time {result['wall_time_s']:.1f}s; result in {run_dir}"
         + (f" and {record}" if record else ""))

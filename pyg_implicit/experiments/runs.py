@@ -1,9 +1,6 @@
-"""Bookkeeping that keeps training runs apart: one folder per run, checkpoints that
-record what they belong to, resumption only when asked, atomic writes.
-
-Used by :mod:`pyg_implicit.experiments.engine`; nothing here knows about a particular
-experiment.
-"""
+"""Bookkeeping that keeps training runs apart: one folder per run, resumption only when
+asked and only of the same run (experiment, options, data), atomic writes. Used by
+:mod:`pyg_implicit.experiments.engine`; nothing here knows about an experiment."""
 from __future__ import annotations
 
 import datetime
@@ -11,12 +8,11 @@ import hashlib
 import json
 import os
 import subprocess
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Optional
 
+import torch
 
-RUNS_DIR = "runs"  # default parent of run folders (relative to the working directory)
-RESULT = "result.json"
-LAST = "last.ckpt"
+RUNS_DIR, RESULT, LAST = "runs", "result.json", "last.ckpt"
 # options that do not define a run: a resumed run may change them (--epochs and
 # --time-limit stretch the schedule; the data may move if its fingerprint stays)
 VOLATILE = ("epochs", "time_limit", "out", "resume", "allow_change", "record", "no_progress",
@@ -25,18 +21,15 @@ VOLATILE = ("epochs", "time_limit", "out", "resume", "allow_change", "record", "
 RUN_DIR_ENV = "PYG_IMPLICIT_RUN_DIR"
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-def _atomic(path: str, write, exclusive: bool = False) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader (or a
-    run killed mid-write) sees the old file or the new one, never a partial one.
-    ``exclusive``: link instead of rename, which fails if ``path`` exists."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+def write_json(obj, path: str, exclusive: bool = False) -> None:
+    """Write through a temporary file, then rename it (or, ``exclusive``, link it, which
+    fails if ``path`` exists): readers and killed runs never see a partial file."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
         if exclusive:
@@ -51,20 +44,9 @@ def _atomic(path: str, write, exclusive: bool = False) -> None:
             os.remove(tmp)
 
 
-def atomic_write_json(obj, path: str, exclusive: bool = False) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()), exclusive)
-
-
-# --------------------------------------------------------------------------- identity
-
 def repo_root() -> str:
     """The source tree this package runs from (its git checkout when installed editable)."""
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def run_config(args) -> Dict:
-    """The resolved options that define a run (all but :data:`VOLATILE`)."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in VOLATILE}
 
 
 def code_version(root: str) -> Dict[str, Optional[str]]:
@@ -82,12 +64,11 @@ def code_version(root: str) -> Dict[str, Optional[str]]:
 def data_fingerprint(root: str) -> Dict[str, Dict]:
     """``{file: {"bytes": size, "sha256": hash}}`` of every file under ``root``."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"data folder {root!r} does not exist")
+        raise SystemExit(f"--data: folder {root!r} does not exist")
     out = {}
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(files):
-            path = os.path.join(folder, name)
-            h = hashlib.sha256()
+            path, h = os.path.join(folder, name), hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
@@ -96,27 +77,17 @@ def data_fingerprint(root: str) -> Dict[str, Dict]:
     return out
 
 
-def differences(saved: Mapping, now: Mapping) -> Dict[str, tuple]:
-    """``{key: (saved, now)}`` for every key whose value differs."""
-    missing = object()
-    diff = {}
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key, missing), now.get(key, missing)
-        if a != b:
-            diff[key] = (None if a is missing else a, None if b is missing else b)
-    return diff
+def run_meta(experiment: str, args, code: Dict) -> Dict:
+    """What identifies a run: experiment, options (all but :data:`VOLATILE`), data."""
+    return {"experiment": experiment, "code": code, "resumes": [],
+            "config": {k: v for k, v in sorted(vars(args).items()) if k not in VOLATILE},
+            "data": data_fingerprint(args.data)}
 
-
-def describe(diff: Mapping[str, tuple]) -> str:
-    return "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-
-
-# --------------------------------------------------------------------------- run folders
 
 def new_run_dir(out: Optional[str], name: str, create: bool = True) -> str:
     """A fresh folder for a new run: ``out`` (which must be missing or empty) or
-    ``runs/<name>-<UTC time>-<pid>``, created exclusively by the first process
-    (``create``); the processes Lightning launches find it in ``$PYG_IMPLICIT_RUN_DIR``."""
+    ``runs/<name>-<UTC time>-<pid>``, created by the first process (``create``); the
+    processes Lightning launches find it in ``$PYG_IMPLICIT_RUN_DIR``."""
     if not create:
         return os.environ.get(RUN_DIR_ENV) or out
     if out is None:
@@ -132,8 +103,8 @@ def new_run_dir(out: Optional[str], name: str, create: bool = True) -> str:
 
 
 def resume_checkpoint(resume: str, out: Optional[str]) -> str:
-    """Path of the checkpoint that ``--resume`` names: ``auto`` is ``<out>/last.pt``;
-    otherwise a checkpoint file or a run folder."""
+    """The checkpoint ``--resume`` names: ``auto`` is ``<out>/last.ckpt``; otherwise a
+    checkpoint file or a run folder."""
     if resume == "auto":
         if out is None:
             raise SystemExit("--resume auto continues the run in --out: pass --out DIR")
@@ -148,6 +119,30 @@ def resume_checkpoint(resume: str, out: Optional[str]) -> str:
     return path
 
 
-def allowed_changes(keys: Iterable[str]) -> set:
-    return {k.strip().lstrip("-").replace("-", "_") for item in keys or () for k in item.split(",")
-            if k.strip()}
+def _differences(saved: Dict, now: Dict) -> Dict[str, tuple]:
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+            if saved.get(k, KeyError) != now.get(k, KeyError)}
+
+
+def check_resumable(path: str, meta: Dict, allow_change) -> Dict:
+    """The run metadata to continue ``path`` with: refuses a checkpoint of another
+    experiment, options or data unless the difference is allowed (and then recorded)."""
+    saved = torch.load(path, map_location="cpu", weights_only=False).get("run")
+    if saved is None or saved.get("experiment") != meta["experiment"]:
+        raise SystemExit(f"--resume: {path} is not a checkpoint of a "
+                         f"{meta['experiment']!r} run of this engine")
+    diff = _differences(saved["config"], meta["config"])
+    data_diff = _differences(saved["data"], meta["data"])
+    if data_diff:
+        diff["data"] = (f"{len(saved['data'])} files", f"{len(meta['data'])} files, "
+                        f"{len(data_diff)} differing ({', '.join(list(data_diff)[:3])})")
+    allowed = {k.strip().lstrip("-").replace("-", "_") for item in allow_change
+               for k in item.split(",")}
+    refused = {k: v for k, v in diff.items() if k not in allowed}
+    if refused:
+        raise SystemExit(f"--resume: {path} was written by another run: " + "; ".join(
+            f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in refused.items())
+            + f". Start a new run, or pass --allow-change {','.join(refused)} to continue it")
+    resume = {"checkpoint": path, "changed": {k: list(v) for k, v in diff.items()},
+              "code": meta["code"], "previous_code": saved["code"]}
+    return {**meta, "resumes": saved["resumes"] + [resume]}

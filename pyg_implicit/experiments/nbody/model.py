@@ -87,10 +87,9 @@ in by default: flipping every charge (the model sees charges only through
 Galilean boosts ``v -> v + u`` (targets move by ``T u``; also with a constant
 field).
 
-Ablations that did not help (linear messages, Coulomb, closest-approach and
-axis-aware edge attributes, a force node feature, the pair's relative velocity
-as the only velocity attribute, field dropout) were removed with the rebuild on
-the :mod:`pyg_implicit.nn` blocks; their results stay in
+Options removed with the rebuild on the :mod:`pyg_implicit.nn` blocks (linear
+messages, Coulomb, closest-approach and axis-aware edge attributes, a force node
+feature, field dropout) are documented with their runs in
 ``benchmarks/results/RESULTS_LOG.md``.
 """
 from __future__ import annotations
@@ -276,7 +275,7 @@ class NBodyModel(torch.nn.Module):
             self.update_weights = torch.nn.Parameter(torch.zeros(num_layers, vectors))
             self.update_vel = torch.nn.Parameter(torch.zeros(num_layers))
 
-    def __deepcopy__(self, memo):  # for the weight EMA; escnn objects are shared
+    def __deepcopy__(self, memo):  # copies share the (immutable) escnn objects
         from pyg_implicit.nn.fields import deepcopy_sharing_escnn
 
         return deepcopy_sharing_escnn(self, memo)
