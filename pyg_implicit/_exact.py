@@ -60,6 +60,12 @@ class ExactLinearBases:
         reps_in = {r.name: r for r in lin.in_type.representations}
         reps_out = {r.name: r for r in lin.out_type.representations}
         expansion = lin.basisexpansion
+        # escnn registers the blocks while iterating over sets, so their order, and that
+        # of module.buffers(), would follow PYTHONHASHSEED; DDP broadcasts buffers by
+        # position and would give each process another block's basis
+        blocks = sorted(expansion._modules.items())
+        expansion._modules.clear()
+        expansion._modules.update(blocks)
         for name_in, name_out in expansion._representations_pairs:
             block = getattr(expansion, f"block_expansion_{expansion._escape_pair((name_in, name_out))}")
             basis = block.sampled_basis.detach().cpu().double().numpy()  # [k, o, i, 1]
@@ -181,7 +187,7 @@ def sparse_bias_index(lin: enn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty
     nz = (lin.bias_expansion.detach().cpu().double().abs() > 1e-12).nonzero()
-    return nz[:, 0].contiguous(), nz[:, 1].contiguous()
+    return nz[:, 0].clone(), nz[:, 1].clone()  # two buffers, not views of one storage
 
 
 def expand_bias(lin: enn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
