@@ -154,10 +154,10 @@ class WeightEMA(Callback):
     decay warms up as ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates, so that
     the initial weights are forgotten within the first epochs.
 
-    Lightning's ``WeightAveraging`` swaps buffers as well and after ``eval()``: escnn
-    modules recompute their expanded weights (buffers) in ``eval()``, so it would
-    validate the averaged parameters with stale expansions. Here only parameters are
-    swapped, and ``eval()`` runs again after the swap."""
+    Lightning's ``WeightAveraging`` keeps a deep copy of the module and swaps every
+    buffer too: the constant kernel bases (tens of MB for O(3)) and escnn's expanded
+    weights, which escnn computes in ``eval()``, before the swap. Here only the
+    parameters are kept and swapped, and ``eval()`` runs again after the swap."""
 
     def __init__(self, decay: float):
         self.decay, self.num_updates, self.average = decay, 0, None
