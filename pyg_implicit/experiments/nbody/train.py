@@ -1,5 +1,6 @@
-"""charged N-body position prediction (EGNN's task; data from :mod:`.data`, model
-:class:`.model.NBodyModel`)::
+"""Charged N-body position prediction (EGNN's task).
+
+Data from :mod:`.data`, model :class:`.model.NBodyModel`::
 
     python -m pyg_implicit.experiments.nbody.data generate --out data/nbody_charged
     python -m pyg_implicit.train nbody --data data/nbody_charged [--group o3|so3|so2z|o2z|octa|fullocta]
