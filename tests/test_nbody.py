@@ -101,13 +101,12 @@ def test_conservation_laws(field):
         assert np.median(drift[~ok]) > 1e-2
 
 
-def test_generate_deterministic_and_chunk_independent(tmp_path):
-    a = nb.generate(str(tmp_path / "a"), "charged", 7, 3, 2, seed=5, length=400, sample_freq=100,
-                    chunk_size=3, show_progress=False)
-    b = nb.generate(str(tmp_path / "b"), "charged", 7, 3, 2, seed=5, length=400, sample_freq=100,
-                    chunk_size=100, show_progress=False)
-    c = nb.generate(str(tmp_path / "c"), "charged", 7, 3, 2, seed=6, length=400, sample_freq=100,
-                    show_progress=False)
+@pytest.mark.parametrize("protocol", nb.PROTOCOLS)
+def test_generate_deterministic_and_chunk_independent(tmp_path, protocol):
+    kw = dict(length=400, sample_freq=100, show_progress=False, protocol=protocol)
+    a = nb.generate(str(tmp_path / "a"), "charged", 7, 3, 2, seed=5, chunk_size=3, **kw)
+    b = nb.generate(str(tmp_path / "b"), "charged", 7, 3, 2, seed=5, chunk_size=100, **kw)
+    c = nb.generate(str(tmp_path / "c"), "charged", 7, 3, 2, seed=6, **kw)
     for split in nb.SPLITS:
         za, zb, zc = np.load(a[split]), np.load(b[split]), np.load(c[split])
         assert za["loc"].dtype == np.float32
@@ -120,6 +119,61 @@ def test_generate_deterministic_and_chunk_independent(tmp_path):
     assert not np.array_equal(np.load(a["train"])["loc"][:2], np.load(a["val"])["loc"][:2])
     meta = json.load(open(tmp_path / "a" / "meta.json"))
     assert meta["seed"] == 5 and meta["variant"] == "charged" and meta["dt"] == 0.001
+    assert meta["protocol"] == protocol
+
+
+def _published_generator(seed, counts, length, sample_freq):
+    """EGNN's generate_dataset.py + ChargedParticlesSim.sample_trajectory as published,
+    written out independently of pyg_implicit: one legacy np.random stream, simulations
+    in order train, val, test; per simulation: charges by choice([-1, 0, 1], p=(.5, 0, .5)),
+    positions randn(3, n), velocity directions randn(3, n) scaled to norm 0.5, the
+    leapfrog, then two zero-variance noise draws of shape (T_save, 3, n)."""
+    np.random.seed(seed)
+    cfg = nb.SimConfig(length=length, sample_freq=sample_freq)
+    t_save = length // sample_freq - 1
+    out = []
+    for count in counts:
+        sims = []
+        for _ in range(count):
+            charges = np.random.choice(np.array([-1.0, 0.0, 1.0]), size=(5, 1), p=[0.5, 0, 0.5])
+            loc = np.random.randn(3, 5) * 1.0
+            vel = np.random.randn(3, 5)
+            vel = vel * 0.5 / np.sqrt((vel ** 2).sum(axis=0)).reshape(1, -1)
+            assert np.all(np.abs(loc) < 5.0)  # no wall reflection in these systems
+            frames, _ = _loop_reference(cfg, charges[:, 0], loc.T.copy(), vel.T.copy())
+            np.random.randn(t_save, 3, 5), np.random.randn(t_save, 3, 5)  # noise, variance 0
+            sims.append((charges[:, 0], loc.T, vel.T, frames))
+        out.append(sims)
+    return out
+
+
+def test_egnn_protocol_reproduces_the_published_generator(tmp_path):
+    """--protocol egnn gives EGNN's systems: the first 3 of a 5-simulation training
+    stream, then the validation and test systems that follow in the same stream."""
+    paths = nb.generate(str(tmp_path), "charged", 3, 2, 2, seed=43, length=1000,
+                        sample_freq=100, show_progress=False, protocol="egnn",
+                        egnn_train_stream=5)
+    train, val, test = _published_generator(43, (5, 2, 2), 1000, 100)
+    for split, sims in (("train", train[:3]), ("val", val), ("test", test)):
+        z = np.load(paths[split])
+        assert len(z["charges"]) == len(sims)
+        assert str(z["protocol"]) == "egnn"
+        for s, (charges, loc0, vel0, frames) in enumerate(sims):
+            np.testing.assert_array_equal(z["charges"][s], charges.astype(np.float32))
+            # every frame, float32 files against the float64 published algorithm
+            np.testing.assert_allclose(z["loc"][s], frames, rtol=1e-6, atol=1e-6)
+    # the independent protocol draws other systems from the same seed
+    other = nb.generate(str(tmp_path / "independent"), "charged", 3, 2, 2, seed=43,
+                        length=1000, sample_freq=100, show_progress=False,
+                        protocol="independent")
+    assert not np.array_equal(np.load(other["train"])["loc"], np.load(paths["train"])["loc"])
+    # the real stream: EGNN's first training system, positions at frame 0
+    cfg = nb.SimConfig()
+    (q, x, v), _, _ = nb.egnn_initial_conditions(cfg, (1, 0, 0), seed=43)
+    np.random.seed(43)
+    charges = np.random.choice(np.array([-1.0, 0.0, 1.0]), size=(5, 1), p=[0.5, 0, 0.5])
+    np.testing.assert_array_equal(q[0], charges[:, 0])
+    np.testing.assert_array_equal(x[0], (np.random.randn(3, 5) * 1.0).T)
 
 
 def test_field_variant_breaks_symmetry_only_along_z(tmp_path):

@@ -94,7 +94,12 @@ def test_cli_smoke_and_resume(tiny_run):
     assert r1["epochs_completed"] == 1 and np.isfinite(r1["test_mse"])
     assert "pyg_implicit.train nbody" in r1["command"]
     assert r1["run_dir"] == str(tiny_run["run1"]) and r1["config"]["batch_size"] == 4
-    assert r1["train_samples"] == 2 * 12  # forward and time-reversed windows
+    assert r1["train_samples"] == 12  # the protocol's pairs only: no time reversal
+    # labelled: this tiny run departs from EGNN's protocol, and says how
+    label = r1["protocol"]
+    assert label["data_split"] == "egnn" and label["on_protocol"] is False
+    assert any("frames 3 -> 8" in e for e in label["extensions"])
+    assert not any("time reversal" in e for e in label["extensions"])
     assert r1["data"] == str(tiny_run["data"]) and "commit" in r1["code"]
     assert r1["resumes"] == []
     # the second command was asked to resume, and did
@@ -266,7 +271,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tiny_run, tmp_pat
                            "--accelerator", "cpu"], timeout=600)
     assert "processes" in _result(two) and _result(two)["processes"] == 2, out
     a, b = _step_losses(one), _step_losses(two)
-    assert len(a) == len(b) == 2 * 24 // 4
+    assert len(a) == len(b) == 2 * 12 // 4
     np.testing.assert_allclose(b, a, rtol=1e-5)
     for key in ("train_mse", "val_mse", "lr"):
         np.testing.assert_allclose([h[key] for h in _result(two)["history"]],

@@ -77,10 +77,19 @@ Variant ``charged-field``
 
 Randomness and files
 --------------------
-Each split draws from its own child of ``numpy.random.SeedSequence(seed)``
-(``spawn``: train, val, test), so a seed gives identical files, and the splits
-are independent. The simulation itself is deterministic and per-simulation
-(the batch size for vectorisation does not change the numbers). One
+``protocol="egnn"`` (the default) gives EGNN's own systems: its
+``generate_dataset.py --num-train 10000 --seed 43`` draws every simulation's initial
+state from one legacy ``np.random.seed(43)`` stream, train (10000), then val (2000),
+then test (2000), each simulation calling ``choice`` (5 charges), ``randn(3, 5)``
+(positions), ``randn(3, 5)`` (velocity directions) and, after simulating, twice
+``randn(49, 3, 5)`` (observation noise of variance 0, drawn all the same). Those calls
+are replayed here (:func:`egnn_initial_conditions`), and the first 3000 training
+systems are kept, as EGNN's loader does: the published numbers are on exactly these
+systems. ``protocol="independent"`` draws each split from its own child of
+``numpy.random.SeedSequence(seed)`` (the data of the results recorded before the
+exact split existed; same distribution, other systems). The simulation itself is
+deterministic and per-simulation (the batch size for vectorisation does not change
+the numbers). One
 ``.npz`` per split, ``{train,val,test}.npz`` under ``--out``, float32:
 ``loc [S, F, n, 3]``, ``vel [S, F, n, 3]``, ``charges [S, n]``,
 ``clip_steps [S]`` (int32) and the scalar metadata (``variant``, ``seed``,
@@ -89,8 +98,9 @@ are independent. The simulation itself is deterministic and per-simulation
 Command line::
 
     python -m pyg_implicit.experiments.nbody.data generate --out data/nbody \
-        [--variant charged|charged-field] [--num-train 3000 --num-val 2000 \
-        --num-test 2000] [--seed 43] [--length 5000] [--sample-freq 100]
+        [--protocol egnn|independent] [--variant charged|charged-field] \
+        [--num-train 3000 --num-val 2000 --num-test 2000] [--seed 43] \
+        [--length 5000] [--sample-freq 100]
 """
 from __future__ import annotations
 
@@ -105,6 +115,8 @@ import numpy as np
 
 VARIANTS = ("charged", "charged-field")
 SPLITS = ("train", "val", "test")
+PROTOCOLS = ("egnn", "independent")
+EGNN_TRAIN_STREAM = 10000  # training simulations EGNN's generator draws (it uses 3000)
 
 
 @dataclass
@@ -144,14 +156,45 @@ def sample_initial_conditions(cfg: SimConfig, num_sims: int, rng: np.random.Gene
     loc = rng.standard_normal((num_sims, n, 3)) * loc_std
     vel = rng.standard_normal((num_sims, n, 3))
     vel = vel * (cfg.vel_norm / np.linalg.norm(vel, axis=-1, keepdims=True))
-    # reflect at the box walls (initial state only, as in the reference)
+    _reflect_at_walls(cfg, loc, vel)  # initial state only, as in the reference
+    return charges, loc, vel
+
+
+def _reflect_at_walls(cfg: SimConfig, loc: np.ndarray, vel: np.ndarray) -> None:
     over = loc > cfg.box_size
     loc[over] = 2 * cfg.box_size - loc[over]
     vel[over] = -np.abs(vel[over])
     under = loc < -cfg.box_size
     loc[under] = -2 * cfg.box_size - loc[under]
     vel[under] = np.abs(vel[under])
-    return charges, loc, vel
+
+
+def egnn_initial_conditions(cfg: SimConfig, counts: Sequence[int], seed: int = 43,
+                            train_stream: int = EGNN_TRAIN_STREAM):
+    """EGNN's initial states: the legacy ``RandomState(seed)`` stream consumed in the
+    order of its generator (module docstring), ``train_stream`` training simulations
+    drawn and the first ``counts[0]`` kept, then ``counts[1]`` validation and
+    ``counts[2]`` test simulations. Returns one ``(charges [S, n], loc [S, n, 3],
+    vel [S, n, 3])`` per split."""
+    n, rs = cfg.n_particles, np.random.RandomState(seed)
+    loc_std = cfg.loc_std * (n / 5.0) ** (1.0 / 3.0)
+    if counts[0] > train_stream:
+        raise ValueError(f"EGNN's stream has {train_stream} training simulations, "
+                         f"{counts[0]} asked for")
+    splits = []
+    for drawn, kept in ((train_stream, counts[0]), (counts[1],) * 2, (counts[2],) * 2):
+        q, loc, vel = np.zeros((kept, n)), np.zeros((kept, n, 3)), np.zeros((kept, n, 3))
+        for s in range(drawn):
+            charges = rs.choice(np.array([-1.0, 0.0, 1.0]), size=(n, 1), p=list(cfg.charge_probs))
+            x = rs.randn(3, n) * loc_std
+            v = rs.randn(3, n)
+            v = v * cfg.vel_norm / np.sqrt((v ** 2).sum(axis=0)).reshape(1, -1)
+            rs.randn(cfg.num_frames, 3, n), rs.randn(cfg.num_frames, 3, n)  # noise of var 0
+            if s < kept:
+                q[s], loc[s], vel[s] = charges[:, 0], x.T, v.T
+        _reflect_at_walls(cfg, loc, vel)
+        splits.append((q, loc, vel))
+    return splits
 
 
 def forces(cfg: SimConfig, loc: np.ndarray, charges: np.ndarray, clip: bool = True):
@@ -232,11 +275,12 @@ def simulate(cfg: SimConfig, charges: np.ndarray, loc0: np.ndarray, vel0: np.nda
     return loc_out, vel_out, clip_steps
 
 
-def generate_split(cfg: SimConfig, num_sims: int, seed_seq: np.random.SeedSequence,
-                   chunk_size: int = 1000, progress=None) -> Dict[str, np.ndarray]:
-    """Simulate one split; deterministic given ``seed_seq`` (independent of ``chunk_size``)."""
-    rng = np.random.default_rng(seed_seq)
-    charges, loc0, vel0 = sample_initial_conditions(cfg, num_sims, rng)
+def generate_split(cfg: SimConfig, initial, chunk_size: int = 1000,
+                   progress=None) -> Dict[str, np.ndarray]:
+    """Simulate one split from its initial states ``(charges, loc0, vel0)``
+    (the result does not depend on ``chunk_size``)."""
+    charges, loc0, vel0 = initial
+    num_sims = len(charges)
     locs, vels, clips = [], [], []
     for s in range(0, num_sims, chunk_size):
         sl = slice(s, min(num_sims, s + chunk_size))
@@ -256,27 +300,38 @@ def generate_split(cfg: SimConfig, num_sims: int, seed_seq: np.random.SeedSequen
 
 def generate(out: str, variant: str = "charged", num_train: int = 3000, num_val: int = 2000,
              num_test: int = 2000, seed: int = 43, length: int = 5000, sample_freq: int = 100,
-             chunk_size: int = 1000, show_progress: bool = True) -> Dict[str, str]:
-    """Generate ``{train,val,test}.npz`` and ``meta.json`` under ``out``; return the paths."""
+             chunk_size: int = 1000, show_progress: bool = True, protocol: str = "egnn",
+             egnn_train_stream: int = EGNN_TRAIN_STREAM) -> Dict[str, str]:
+    """Generate ``{train,val,test}.npz`` and ``meta.json`` under ``out``; return the paths.
+    ``protocol``: ``"egnn"`` (EGNN's systems) or ``"independent"`` (module docstring)."""
     from tqdm.auto import tqdm
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     cfg = SimConfig.for_variant(variant, length=length, sample_freq=sample_freq)
     os.makedirs(out, exist_ok=True)
     counts = {"train": num_train, "val": num_val, "test": num_test}
-    children = np.random.SeedSequence(seed).spawn(len(SPLITS))
+    if protocol == "egnn":
+        initial = egnn_initial_conditions(cfg, list(counts.values()), seed, egnn_train_stream)
+    else:
+        initial = [sample_initial_conditions(cfg, counts[split], np.random.default_rng(child))
+                   for split, child in zip(SPLITS, np.random.SeedSequence(seed).spawn(3))]
     total = sum(((c + chunk_size - 1) // chunk_size) * ((cfg.length - 1) // cfg.sample_freq)
                 * cfg.sample_freq for c in counts.values())
-    meta = {"variant": variant, "seed": seed, **{f"num_{k}": v for k, v in counts.items()},
-            **asdict(cfg)}
+    meta = {"variant": variant, "protocol": protocol, "seed": seed,
+            **{f"num_{k}": v for k, v in counts.items()}, **asdict(cfg)}
+    if protocol == "egnn":
+        meta["egnn_train_stream"] = egnn_train_stream
     meta["charge_probs"] = list(cfg.charge_probs)
     paths = {}
     with tqdm(total=total, desc=f"simulating {variant}", unit="step", unit_scale=True,
               disable=not show_progress, file=sys.stderr) as bar:
-        for split, child in zip(SPLITS, children):
+        for split, init in zip(SPLITS, initial):
             bar.set_postfix(split=split)
-            arrays = generate_split(cfg, counts[split], child, chunk_size, progress=bar.update)
+            arrays = generate_split(cfg, init, chunk_size, progress=bar.update)
             path = os.path.join(out, f"{split}.npz")
             np.savez_compressed(path, **arrays, variant=np.array(variant), seed=np.array(seed),
+                                protocol=np.array(protocol),
                                 dt=np.array(cfg.dt), sample_freq=np.array(cfg.sample_freq),
                                 field=np.array(cfg.field))
             paths[split] = path
@@ -356,6 +411,16 @@ def load_split(root: str, split: str, frame_0: int = 30, frame_T: int = 40,
     }
 
 
+def data_protocol(root: str) -> str:
+    """How the files under ``root`` were drawn: ``"egnn"`` or ``"independent"`` (files
+    written before the exact split existed say nothing and are independent)."""
+    try:
+        with open(os.path.join(root, "meta.json")) as f:
+            return json.load(f).get("protocol", "independent")
+    except FileNotFoundError:
+        return "independent"
+
+
 try:  # the dataset class needs torch_geometric; the simulator does not
     from torch_geometric.data import Data, InMemoryDataset
 except Exception:  # pragma: no cover
@@ -422,6 +487,10 @@ def main(argv=None) -> int:
     g = sub.add_parser("generate", help="simulate and write {train,val,test}.npz")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--variant", default="charged", choices=VARIANTS)
+    g.add_argument("--protocol", default="egnn", choices=PROTOCOLS,
+                   help="egnn: EGNN's own systems (its seed-43 stream replayed; the published "
+                        "numbers are on them); independent: one SeedSequence child per split "
+                        "(the data of results recorded before)")
     g.add_argument("--num-train", type=int, default=3000)
     g.add_argument("--num-val", type=int, default=2000)
     g.add_argument("--num-test", type=int, default=2000)
@@ -438,7 +507,7 @@ def main(argv=None) -> int:
                 p.error(f"--{k.replace('_', '-')} must be >= 0")
         paths = generate(args.out, args.variant, args.num_train, args.num_val, args.num_test,
                          args.seed, args.length, args.sample_freq, args.chunk_size,
-                         show_progress=not args.no_progress)
+                         show_progress=not args.no_progress, protocol=args.protocol)
         for split, path in paths.items():
             print(f"{split}: {path}")
     return 0

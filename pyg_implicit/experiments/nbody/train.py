@@ -36,8 +36,10 @@ def add_options(p) -> None:
     a("--train-windows", type=int, default=1,
       help="input/target windows per training simulation, (frame_0 - k, frame_T - k) for "
            "k < K. EGNN's protocol uses 1; more use more of each trajectory (off-protocol)")
-    a("--time-reversal", action=argparse.BooleanOptionalAction, default=True,
-      help="also train on each window run backwards, an exact symmetry of the simulator")
+    a("--time-reversal", action=argparse.BooleanOptionalAction, default=False,
+      help="also train on each window run backwards, an exact symmetry of the simulator; "
+           "an extension: it builds the reversed sample from the target frame's velocity, "
+           "which the protocol's training pairs (x_30, v_30, q) -> x_40 do not contain")
     a("--num-layers", type=int, default=4)
     a("--scalars", type=int, default=16)
     a("--vectors", type=int, default=8)
@@ -214,8 +216,29 @@ class NBodyTask(engine.TrainingModule):
 
     def describe(self) -> Dict:
         return {"task": NAME, "variant": self.variant, "group": self.args.group,
+                "protocol": protocol_label(self.args, self.variant),
                 "model_config": self.model_config, "batch_size": self.args.batch_size,
                 **{f"{k}_samples": v for k, v in self.sizes.items()}}
+
+
+def protocol_label(args, variant: str) -> Dict:
+    """Whether a run follows EGNN's published protocol (its systems, training pairs
+    (x_30, v_30, q) -> x_40 of the first 3000 training simulations, all 2000 validation
+    and test systems) and, if not, the extensions it uses."""
+    from pyg_implicit.experiments.nbody.data import data_protocol
+
+    split = data_protocol(args.data)
+    extensions = [text for used, text in (
+        (variant != "charged", f"variant {variant} (EGNN has no such data)"),
+        (split != "egnn", f"data split {split!r}, not EGNN's systems"),
+        (args.time_reversal, "time reversal (reversed samples use the target frame's "
+                             "velocity)"),
+        (args.train_windows > 1, f"{args.train_windows} windows per training trajectory"),
+        (args.max_train != 3000, f"{args.max_train} training simulations"),
+        (args.max_eval is not None, f"validation/test limited to {args.max_eval}"),
+        ((args.frame_0, args.frame_T) != (30, 40), f"frames {args.frame_0} -> {args.frame_T}"),
+    ) if used]
+    return {"data_split": split, "on_protocol": not extensions, "extensions": extensions}
 
 
 def load_model(path: str, map_location="cpu"):
