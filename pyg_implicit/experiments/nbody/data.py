@@ -52,7 +52,8 @@ Time reversal
     the same integrator retraces the trajectory to ``x_0`` (:func:`reverse_in_time`;
     negating ``v_T`` alone misses by half a kick). ``load_split(...,
     time_reversed=True)`` gives each window run backwards, built from the two
-    frames of the window only; training uses it by default (``--time-reversal``).
+    frames of the window only; training can use it (``--time-reversal``, an extension
+    of the protocol: the reversed sample needs the target frame's velocity).
 ``length = 5000``, ``sample_freq = 100``
     5000 steps per simulation, recorded every 100 steps: frames ``k = 0..48``
     hold the state after step ``100 (k + 1)`` (``length / sample_freq - 1``
