@@ -48,9 +48,7 @@ ConvDims check_point_conv_inputs(
     const at::Tensor& pos_dst, const at::Tensor& edge_attr,
     const at::Tensor& rowptr, const at::Tensor& col,
     const at::Tensor& csc_rowptr, const at::Tensor& csc_perm,
-    at::TensorList weights, at::TensorList biases, at::TensorList samplers,
-    at::TensorList projectors, at::IntArrayRef activations,
-    const at::Tensor& width, const at::Tensor& Wt) {
+    const PlanArgs& plan) {
   check_defined(x_src, op, "x_src");
   const auto dtype = x_src.scalar_type();
   const auto device = x_src.device();
@@ -63,8 +61,8 @@ ConvDims check_point_conv_inputs(
   check_float(pos_src, op, "pos_src", dtype, device);
   check_float(pos_dst, op, "pos_dst", dtype, device);
   check_float(edge_attr, op, "edge_attr", dtype, device);
-  check_float(width, op, "width", dtype, device);
-  check_float(Wt, op, "Wt", dtype, device);
+  check_float(plan.width, op, "width", dtype, device);
+  check_float(plan.Wt, op, "Wt", dtype, device);
   check_index(rowptr, op, "rowptr", device);
   check_index(col, op, "col", device);
   check_index(csc_rowptr, op, "csc_rowptr", device);
@@ -96,70 +94,114 @@ ConvDims check_point_conv_inputs(
   TORCH_CHECK(csc_perm.size(0) == dims.num_edges, op,
               ": csc_perm must have E = ", dims.num_edges, " entries, got ",
               csc_perm.size(0));
+  TORCH_CHECK(plan.lift_degree >= 1 && plan.lift_degree <= kMaxLiftDegree, op,
+              ": lift_degree must be in [1, ", kMaxLiftDegree, "], got ",
+              plan.lift_degree);
+  dims.lift = plan.lift_degree;
+  dims.lifted = lifted_size(dims.d, dims.lift);
+  dims.h0 = dims.lifted + dims.attr;
 
-  const int64_t L = static_cast<int64_t>(weights.size());
-  TORCH_CHECK(static_cast<int64_t>(biases.size()) == L &&
-                  static_cast<int64_t>(samplers.size()) == L &&
-                  static_cast<int64_t>(projectors.size()) == L &&
-                  static_cast<int64_t>(activations.size()) == L,
-              op, ": weights, biases, samplers, projectors and activations "
-              "must have the same length, got ", weights.size(), ", ",
-              biases.size(), ", ", samplers.size(), ", ", projectors.size(),
-              ", ", activations.size());
-  int64_t h = dims.d + dims.attr;
+  const int64_t L = static_cast<int64_t>(plan.weights.size());
+  TORCH_CHECK(static_cast<int64_t>(plan.biases.size()) == L &&
+                  static_cast<int64_t>(plan.samplers.size()) == L &&
+                  static_cast<int64_t>(plan.projectors.size()) == L &&
+                  static_cast<int64_t>(plan.fields.size()) == L &&
+                  static_cast<int64_t>(plan.field_biases.size()) == L &&
+                  static_cast<int64_t>(plan.kinds.size()) == L &&
+                  static_cast<int64_t>(plan.activations.size()) == L,
+              op, ": weights, biases, samplers, projectors, fields, field_biases, "
+              "kinds and activations must have the same length, got ",
+              plan.weights.size(), ", ", plan.biases.size(), ", ", plan.samplers.size(),
+              ", ", plan.projectors.size(), ", ", plan.fields.size(), ", ",
+              plan.field_biases.size(), ", ", plan.kinds.size(), ", ",
+              plan.activations.size());
+  int64_t h = dims.h0;
   for (int64_t l = 0; l < L; ++l) {
-    const std::string wl = "weights[" + std::to_string(l) + "]";
-    const std::string bl = "biases[" + std::to_string(l) + "]";
-    const std::string ql = "samplers[" + std::to_string(l) + "]";
-    const std::string pl = "projectors[" + std::to_string(l) + "]";
-    check_float(weights[l], op, wl.c_str(), dtype, device);
-    check_float(biases[l], op, bl.c_str(), dtype, device);
-    check_float(samplers[l], op, ql.c_str(), dtype, device);
-    check_float(projectors[l], op, pl.c_str(), dtype, device);
+    const std::string ls = "[" + std::to_string(l) + "]";
+    const std::string wl = "weights" + ls, bl = "biases" + ls, ql = "samplers" + ls,
+                      pl = "projectors" + ls, ml = "fields" + ls,
+                      fl = "field_biases" + ls;
+    const at::Tensor &W = plan.weights[l], &b = plan.biases[l], &Q = plan.samplers[l],
+                     &P = plan.projectors[l], &m = plan.fields[l],
+                     &bf = plan.field_biases[l];
+    check_float(W, op, wl.c_str(), dtype, device);
+    check_float(b, op, bl.c_str(), dtype, device);
+    check_float(Q, op, ql.c_str(), dtype, device);
+    check_float(P, op, pl.c_str(), dtype, device);
+    check_index(m, op, ml.c_str(), device);
+    check_float(bf, op, fl.c_str(), dtype, device);
     LayerDims ld;
     ld.in = h;
-    TORCH_CHECK(weights[l].dim() == 2 && weights[l].size(1) == h, op, ": ", wl,
-                " must be [H', ", h, "], got ", weights[l].sizes());
-    ld.pre = weights[l].size(0);
-    TORCH_CHECK(biases[l].dim() == 1 && biases[l].size(0) == ld.pre, op, ": ",
-                bl, " must be [", ld.pre, "], got ", biases[l].sizes());
-    ld.act = activations[l];
-    TORCH_CHECK(is_activation_code(ld.act), op, ": activations[", l, "] = ",
-                ld.act, " is not an activation code (0 .. ",
-                kNumActivations - 1, ", pyg_implicit.plan.ACTIVATIONS)");
-    if (samplers[l].numel() == 0) {
-      TORCH_CHECK(projectors[l].numel() == 0, op, ": ", pl,
-                  " must be empty when ", ql, " is empty (pointwise layer)");
-      ld.fourier = false;
-      ld.out = ld.pre;
-    } else {
-      TORCH_CHECK(samplers[l].dim() == 2, op, ": ", ql,
-                  " must be 2-D [G, F], got ", samplers[l].sizes());
+    TORCH_CHECK(W.dim() == 2 && W.size(1) == h, op, ": ", wl, " must be [H', ", h,
+                "], got ", W.sizes());
+    ld.pre = W.size(0);
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == ld.pre, op, ": ", bl, " must be [",
+                ld.pre, "], got ", b.sizes());
+    ld.act = plan.activations[l];
+    TORCH_CHECK(is_activation_code(ld.act), op, ": activations", ls, " = ", ld.act,
+                " is not an activation code (0 .. ", kNumActivations - 1,
+                ", pyg_implicit.plan.ACTIVATIONS)");
+    ld.kind = plan.kinds[l];
+    TORCH_CHECK(ld.kind >= 0 && ld.kind < kNumLayerKinds, op, ": kinds", ls, " = ",
+                ld.kind, " is not a layer kind (0 .. ", kNumLayerKinds - 1,
+                ", pyg_implicit.plan.LAYER_KINDS)");
+    const bool fourier = ld.kind == kFourier;
+    const bool field_layer = ld.kind == kGated || ld.kind == kNorm;
+    TORCH_CHECK(fourier == (Q.numel() > 0) && fourier == (P.numel() > 0), op, ": ", ql,
+                " and ", pl, " must be non-empty exactly for a Fourier layer (kinds",
+                ls, " = ", ld.kind, ")");
+    TORCH_CHECK(field_layer || m.numel() == 0, op, ": ", ml,
+                " must be empty unless layer ", l, " is gated or norm");
+    TORCH_CHECK(ld.kind == kNorm || bf.numel() == 0, op, ": ", fl,
+                " must be empty unless layer ", l, " is a norm layer");
+    if (fourier) {
+      TORCH_CHECK(Q.dim() == 2, op, ": ", ql, " must be 2-D [G, F], got ", Q.sizes());
       ld.fourier = true;
-      ld.G = samplers[l].size(0);
-      ld.F = samplers[l].size(1);
-      TORCH_CHECK(ld.pre % ld.F == 0, op, ": the length ", ld.pre,
-                  " of layer ", l, " is not a multiple of the sampler width ",
-                  ld.F);
-      TORCH_CHECK(projectors[l].dim() == 2 && projectors[l].size(1) == ld.G &&
-                      projectors[l].size(0) >= 1,
-                  op, ": ", pl, " must be [F', ", ld.G, "], got ",
-                  projectors[l].sizes());
-      ld.Fp = projectors[l].size(0);
+      ld.G = Q.size(0);
+      ld.F = Q.size(1);
+      TORCH_CHECK(ld.pre % ld.F == 0, op, ": the length ", ld.pre, " of layer ", l,
+                  " is not a multiple of the sampler width ", ld.F);
+      TORCH_CHECK(P.dim() == 2 && P.size(1) == ld.G && P.size(0) >= 1, op, ": ", pl,
+                  " must be [F', ", ld.G, "], got ", P.sizes());
+      ld.Fp = P.size(0);
       ld.fields = ld.pre / ld.F;
       ld.out = ld.fields * ld.Fp;
+    } else if (ld.kind == kGated) {
+      TORCH_CHECK(m.size(0) <= ld.pre, op, ": ", ml, " (one entry per output) must "
+                  "have at most H' = ", ld.pre, " entries, got ", m.size(0));
+      ld.out = m.size(0);
+      ld.nf = ld.pre - ld.out;
+    } else if (ld.kind == kNorm) {
+      TORCH_CHECK(m.size(0) == ld.pre, op, ": ", ml, " must have H' = ", ld.pre,
+                  " entries, got ", m.size(0));
+      TORCH_CHECK(bf.dim() == 1, op, ": ", fl, " must be 1-D, got ", bf.sizes());
+      ld.out = ld.pre;
+      ld.nf = bf.size(0);
+    } else {
+      ld.out = ld.pre;
     }
     h = ld.out;
     dims.layers.push_back(ld);
   }
   dims.hidden = h;
-  TORCH_CHECK(width.dim() == 0, op, ": width must be a 0-d tensor, got shape ",
-              width.sizes());
-  TORCH_CHECK(Wt.dim() == 2 && Wt.size(1) == (h + 1) * dims.c_in, op,
+  TORCH_CHECK(plan.width.dim() == 0, op, ": width must be a 0-d tensor, got shape ",
+              plan.width.sizes());
+  TORCH_CHECK(plan.Wt.dim() == 2 && plan.Wt.size(1) == (h + 1) * dims.c_in, op,
               ": Wt must be [C_out, (H + 1) * C_in] = [C_out, ",
-              (h + 1) * dims.c_in, "], got ", Wt.sizes());
-  dims.c_out = Wt.size(0);
+              (h + 1) * dims.c_in, "], got ", plan.Wt.sizes());
+  dims.c_out = plan.Wt.size(0);
   return dims;
+}
+
+void check_field_values_cpu(const ConvDims& dims, at::TensorList fields) {
+  for (size_t l = 0; l < dims.layers.size(); ++l) {
+    const auto m = fields[l].contiguous();
+    const int64_t* mp = m.data_ptr<int64_t>();
+    const int64_t nf = dims.layers[l].nf;
+    for (int64_t i = 0; i < m.numel(); ++i)
+      TORCH_CHECK(mp[i] >= -1 && mp[i] < nf, "point_conv: fields[", l, "][", i,
+                  "] = ", mp[i], " must be -1 or in [0, ", nf, ")");
+  }
 }
 
 void check_point_conv_backward_inputs(const ConvDims& dims,
@@ -221,17 +263,19 @@ TORCH_LIBRARY(pyg_implicit, m) {
       "point_conv_forward(Tensor x_src, Tensor pos_src, Tensor pos_dst, "
       "Tensor edge_attr, Tensor rowptr, Tensor col, Tensor csc_rowptr, "
       "Tensor csc_perm, Tensor[] weights, Tensor[] biases, Tensor[] samplers, "
-      "Tensor[] projectors, int[] activations, Tensor width, Tensor Wt) "
-      "-> Tensor");
+      "Tensor[] projectors, Tensor[] fields, Tensor[] field_biases, int[] kinds, "
+      "int[] activations, int lift_degree, Tensor width, Tensor Wt) -> Tensor");
   m.def(
       "point_conv_backward(Tensor grad_out, Tensor x_src, Tensor pos_src, "
       "Tensor pos_dst, Tensor edge_attr, Tensor rowptr, Tensor col, "
       "Tensor csc_rowptr, Tensor csc_perm, Tensor[] weights, Tensor[] biases, "
-      "Tensor[] samplers, Tensor[] projectors, int[] activations, "
+      "Tensor[] samplers, Tensor[] projectors, Tensor[] fields, "
+      "Tensor[] field_biases, int[] kinds, int[] activations, int lift_degree, "
       "Tensor width, Tensor Wt, bool[] output_mask) -> (Tensor grad_x_src, "
       "Tensor grad_pos_src, Tensor grad_pos_dst, Tensor grad_edge_attr, "
       "Tensor[] grad_weights, Tensor[] grad_biases, Tensor[] grad_samplers, "
-      "Tensor[] grad_projectors, Tensor grad_width, Tensor grad_Wt)");
+      "Tensor[] grad_projectors, Tensor[] grad_field_biases, Tensor grad_width, "
+      "Tensor grad_Wt)");
 }
 
 // `import pyg_implicit._C` loads this library (and with it the registrations

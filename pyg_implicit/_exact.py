@@ -11,6 +11,8 @@ float32 model is exact again.
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -47,6 +49,14 @@ def project_to_intertwiners(B: np.ndarray, rep_in: Representation,
     return rep_out.change_of_basis @ out @ rep_in.change_of_basis_inv
 
 
+def _own_buffers(module: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of ``module`` with its own copies of its buffers."""
+    own = copy.copy(module)
+    own._buffers = {k: None if v is None else v.clone() for k, v in module._buffers.items()}
+    own._modules = {k: _own_buffers(m) for k, m in module._modules.items()}
+    return own
+
+
 class ExactLinearBases:
     """Float64 masters of the bases of some escnn ``Linear`` modules."""
 
@@ -63,9 +73,16 @@ class ExactLinearBases:
         # escnn registers the blocks while iterating over sets, so their order, and that
         # of module.buffers(), would follow PYTHONHASHSEED; DDP broadcasts buffers by
         # position and would give each process another block's basis
-        blocks = sorted(expansion._modules.items())
+        # escnn also caches the blocks per pair of representations, shared by every
+        # Linear over the same types: `.to()` of one layer would convert the others
+        blocks = sorted((name, _own_buffers(m)) for name, m in expansion._modules.items())
         expansion._modules.clear()
         expansion._modules.update(blocks)
+        # its own index buffers are sometimes expanded views (stride 0), which
+        # load_state_dict cannot copy into: own, dense copies
+        for name, buf in list(expansion._buffers.items()):
+            if buf is not None:
+                expansion._buffers[name] = buf.clone(memory_format=torch.contiguous_format)
         for name_in, name_out in expansion._representations_pairs:
             block = getattr(expansion, f"block_expansion_{expansion._escape_pair((name_in, name_out))}")
             basis = block.sampled_basis.detach().cpu().double().numpy()  # [k, o, i, 1]

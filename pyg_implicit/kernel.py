@@ -22,15 +22,24 @@ import numpy as np
 import torch
 from escnn import gspaces
 from escnn import nn as enn
-from escnn.group import Representation
+from escnn.group import InsufficientIrrepsException, Representation
 
 from ._exact import (ExactLinearBases, InjectiveGather, dense_gather, dense_gather_index,
                      expand_bias, expand_linear, fourier_masters, injective_gather_inverse,
                      linear_blocks, restore_masters, sparse_bias_index)
-from .nonlinearities import build_hidden_block
-from .plan import KernelPlan, edge_kernels, envelope
+from .nonlinearities import build_hidden_block, default_kind, instantiate_irreps
+from .plan import LAYER_KINDS, KernelPlan, edge_kernels, envelope, lift
 
 FieldTypeLike = Union[enn.FieldType, Sequence[Representation], None]
+
+
+def _max_frequency(in_type: enn.FieldType, out_type: enn.FieldType, band_limit: int) -> int:
+    """An upper bound of the frequencies a kernel between these types involves
+    (irrep ids of the continuous groups carry their frequency)."""
+    def ints(x):
+        return [v for y in x for v in ints(y)] if isinstance(x, tuple) else [int(x)]
+    ids = [psi for t in (in_type, out_type) for r in t.representations for psi in r.irreps]
+    return 2 * max([0, *(v for psi in ids for v in ints(psi))]) + band_limit + 4
 
 
 def attr_representations(G, edge_attr_type: FieldTypeLike) -> List[Representation]:
@@ -70,8 +79,9 @@ class ImplicitKernel(torch.nn.Module):
         hidden_layers (int): number of hidden (linear + nonlinearity) layers.
         band_limit (int): band limit of the hidden Fourier fields.
         nonlinearity (str): ``"auto"`` (per group, see
-            :mod:`pyg_implicit.nonlinearities`), ``"fourier"``, ``"quotient"`` or
-            ``"regular"``.
+            :mod:`pyg_implicit.nonlinearities`), ``"gated"``, ``"norm"`` (exactly
+            equivariant for every group), ``"fourier"``, ``"quotient"`` (exact only
+            for their grid's symmetries) or ``"regular"`` (finite groups).
         activation (str): pointwise function: ``"elu"``, ``"relu"``, ``"tanh"``,
             ``"sigmoid"``, ``"silu"``.
         grid_size (int, optional): samples of the Fourier grid.
@@ -80,6 +90,10 @@ class ImplicitKernel(torch.nn.Module):
         learn_width (bool): whether the width is a parameter.
         num_neighbors (float): typical number of incoming edges per node, used for
             the output normalisation at initialisation.
+        lift_degree (int, optional): the MLP reads the tensor powers
+            :math:`x, x^{\otimes 2}, \dots, x^{\otimes k}` of the edge vector
+            (default: ``band_limit`` for ``"gated"``/``"norm"``, whose MLP can
+            otherwise not leave the frequencies of :math:`x`; 1 for the others).
     """
 
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType,
@@ -87,12 +101,29 @@ class ImplicitKernel(torch.nn.Module):
                  hidden_layers: int = 2, band_limit: int = 2, nonlinearity: str = "auto",
                  activation: str = "elu", grid_size: Optional[int] = None,
                  grid: Optional[str] = None, width: float = 1.0, learn_width: bool = True,
-                 num_neighbors: float = 16.0):
+                 num_neighbors: float = 16.0, lift_degree: Optional[int] = None):
         super().__init__()
-        with _default_dtype(torch.float32) as dtype:
-            self._build(in_type, out_type, edge_attr_type, hidden_channels, hidden_layers,
-                        band_limit, nonlinearity, activation, grid_size, grid, width,
-                        learn_width, num_neighbors)
+        args = (in_type, out_type, edge_attr_type, hidden_channels, hidden_layers, band_limit,
+                nonlinearity, activation, grid_size, grid, width, learn_width, num_neighbors,
+                lift_degree)
+        frequency = None
+        for attempt in range(4):
+            try:
+                with _default_dtype(torch.float32) as dtype:
+                    self._build(*args)
+                break
+            except InsufficientIrrepsException as exc:
+                # escnn decomposes tensor products only into irreps it has built: build
+                # those up to a frequency that covers the field types, then retry
+                G = in_type.fibergroup
+                frequency = 2 * (frequency or _max_frequency(in_type, out_type, band_limit))
+                if attempt == 3 or not G.continuous:
+                    raise ValueError(
+                        f"the kernel between in_type and out_type cannot be built on {G}: "
+                        f"escnn lacks irreps up to frequency {frequency // 2} for the "
+                        f"decompositions it needs; use fields of lower frequency in "
+                        f"in_type/out_type or a smaller band_limit") from exc
+                instantiate_irreps(G, frequency)
         self._exact_linear = ExactLinearBases([*self.linears, self.last])
         self._exact_fourier = fourier_masters(self.nonlinearities)
         self._build_plan_indices()
@@ -109,7 +140,7 @@ class ImplicitKernel(torch.nn.Module):
 
     def _build(self, in_type, out_type, edge_attr_type, hidden_channels, hidden_layers,
                band_limit, nonlinearity, activation, grid_size, grid, width, learn_width,
-               num_neighbors):
+               num_neighbors, lift_degree):
         for name, t in (("in_type", in_type), ("out_type", out_type)):
             if not isinstance(t, enn.FieldType):
                 raise TypeError(f"{name} must be an escnn.nn.FieldType, got {type(t).__name__}")
@@ -135,7 +166,17 @@ class ImplicitKernel(torch.nn.Module):
         nbs = gspaces.no_base_space(self.group)
         self.attr_reps = attr_representations(self.group, edge_attr_type)
         self.attr_dim = sum(r.size for r in self.attr_reps)
-        self.mlp_in_type = enn.FieldType(nbs, [gspace.basespace_action] + self.attr_reps)
+        kind = default_kind(self.group) if nonlinearity == "auto" else nonlinearity
+        if lift_degree is None:
+            lift_degree = max(band_limit, 1) if kind in ("gated", "norm") else 1
+        if not isinstance(lift_degree, int) or not 1 <= lift_degree <= 4:
+            raise ValueError(f"lift_degree must be an integer in [1, 4], got {lift_degree!r}")
+        self.lift_degree = lift_degree
+        powers, rep = [gspace.basespace_action], gspace.basespace_action
+        for _ in range(lift_degree - 1):
+            rep = rep.tensor(gspace.basespace_action)  # acts as kron(rho(g), std(g))
+            powers.append(rep)
+        self.mlp_in_type = enn.FieldType(nbs, powers + self.attr_reps)
 
         linears, blocks = [], []
         current = self.mlp_in_type
@@ -231,6 +272,9 @@ class ImplicitKernel(torch.nn.Module):
         for lin in [*self.linears, self.last]:
             enn.init.generalized_he_init(lin.weights.data, lin.basisexpansion)
             lin.bias.data.zero_()
+        for block in self._blocks:
+            if hasattr(block.module, "log_bias"):
+                block.module.log_bias.data.fill_(math.log(0.1))
         with torch.no_grad():
             self.log_width.fill_(math.log(self.initial_width))
             self.scale.fill_(1.0)
@@ -247,7 +291,8 @@ class ImplicitKernel(torch.nn.Module):
     def forward(self, edge_vec: torch.Tensor, edge_attr: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
         """Kernels ``[E, C_out, C_in]`` through escnn's modules (the oracle of the plan)."""
-        u = edge_vec if self.attr_dim == 0 else torch.cat([edge_vec, edge_attr], dim=-1)
+        u = lift(edge_vec, self.lift_degree)
+        u = u if self.attr_dim == 0 else torch.cat([u, edge_attr], dim=-1)
         h = enn.GeometricTensor(u, self.mlp_in_type)
         for lin, act in zip(self.linears, self.nonlinearities):
             h = act(lin(h))
@@ -258,6 +303,7 @@ class ImplicitKernel(torch.nn.Module):
     def plan(self) -> KernelPlan:
         """Lower the MLP to a :class:`~pyg_implicit.plan.KernelPlan` (differentiable)."""
         weights, biases, samplers, projectors, codes = [], [], [], [], []
+        kinds, fields, field_biases = [], [], []
         for k, (lin, block) in enumerate(zip(self.linears, self._blocks)):
             W, b = expand_linear(lin, getattr(self, f"_gather_{k}"),
                                  getattr(self, f"_gather_inv_{k}"), self._bias_index(k))
@@ -268,6 +314,11 @@ class ImplicitKernel(torch.nn.Module):
             samplers.append(Q if Q is not None else empty)
             projectors.append(P if P is not None else empty)
             codes.append(block.code)
+            m, bf = block.field_map(), block.field_biases()
+            fields.append(m if m is not None else self._vec_index.new_empty(0))
+            field_biases.append(bf if bf is not None else empty)
+            kinds.append(LAYER_KINDS[block.kind] if block.kind in LAYER_KINDS else
+                         LAYER_KINDS["fourier" if Q is not None else "pointwise"])
         last = len(self.linears)
         source = torch.cat([linear_blocks(self.last),
                             expand_bias(self.last, *self._bias_index(last))])
@@ -275,13 +326,17 @@ class ImplicitKernel(torch.nn.Module):
         Wt = InjectiveGather.apply(source, self._wt_index, self._wt_inverse)
         Wt = Wt.view(C_out, -1) * self.scale
         return KernelPlan(weights, biases, samplers, projectors, codes, self.width,
-                          Wt.contiguous(), self.pos_dim, self.attr_dim, C_in, C_out)
+                          Wt.contiguous(), self.pos_dim, self.attr_dim, C_in, C_out,
+                          kinds=kinds, fields=fields, field_biases=field_biases,
+                          lift_degree=self.lift_degree)
 
     def _bias_index(self, k: int):
         return getattr(self, f"_bias_rows_{k}"), getattr(self, f"_bias_cols_{k}")
 
     def extra_repr(self) -> str:
         kinds = ",".join(sorted({b.kind for b in self._blocks}))
+        if self.lift_degree > 1:
+            kinds += f", lift_degree={self.lift_degree}"
         return (f"group={self.group.name}, in={self.in_type.size}, out={self.out_type.size}, "
                 f"attr={self.attr_dim}, hidden={self.hidden_layers}x{self.hidden_channels} "
                 f"fields ({self.hidden_type.size} dims, {kinds}), band_limit={self.band_limit}")

@@ -1,10 +1,16 @@
 """Choice and construction of the hidden nonlinearity of the kernel MLP, per group.
 
-Every choice here is a pointwise function between two dense maps (sample on a
-grid ``Q``, apply the function, project back ``P``) or a plain pointwise
-function on regular fields, so the MLP lowers to the plan of
-:mod:`pyg_implicit.plan`.
+Every choice here lowers to a layer of the plan of :mod:`pyg_implicit.plan`:
+a pointwise function between two dense maps (sample on a grid ``Q``, apply
+the function, project back ``P``), a plain pointwise function on regular
+fields, or a gated or norm nonlinearity on irreducible fields.
 
+- ``"gated"`` / ``"norm"``, every group, exactly equivariant: hidden fields are
+  ``channels`` copies of each irrep up to ``band_limit`` (all irreps of a
+  finite group); trivial fields go through the activation, every other field
+  is multiplied by the sigmoid of its own gate (``"gated"``) or rescaled by
+  ``relu(|f| - b_f) / |f|`` (``"norm"``), as
+  :class:`pyg_implicit.nn.EquivariantNonlinearity`;
 - finite groups: regular fields, pointwise function (exactly equivariant);
 - SO(3), O(3): band-limited functions on the sphere (quotient by SO(2) resp.
   the conical O(2)), sampled on a 120-point Thomson grid (or a 60/120-point
@@ -29,7 +35,9 @@ from escnn.group import Group, GroupElement
 
 from .plan import ACTIVATIONS
 
-NONLINEARITIES = ("auto", "fourier", "quotient", "regular")
+NONLINEARITIES = ("auto", "fourier", "quotient", "regular", "gated", "norm")
+#: kinds exactly equivariant for every element of every group
+EXACT_NONLINEARITIES = ("gated", "norm", "regular")
 _ESCNN_FUNCTIONS = {"elu": "p_elu", "relu": "p_relu", "tanh": "p_tanh",
                     "sigmoid": "p_sigmoid", "silu": "p_relu"}
 # functions escnn has no name for: its module is built with a named one and then
@@ -56,6 +64,20 @@ class HiddenBlock:
         """``(Q, P)`` of the plan, or ``(None, None)`` for a pointwise function."""
         return getattr(self.module, "A", None), getattr(self.module, "Ainv", None)
 
+    def field_map(self) -> Optional[torch.Tensor]:
+        """``fields[l]`` of the plan (gated/norm): -1 for a trivial channel, else the
+        index of the channel's gate or field among the non-trivial fields."""
+        if self.kind not in ("gated", "norm"):
+            return None
+        m = self.module
+        fields = torch.full((m.out_type.size,), -1, dtype=torch.long,
+                            device=m.field_channels.device)
+        return fields.index_copy(0, m.field_channels, m.field_of_channel)
+
+    def field_biases(self) -> Optional[torch.Tensor]:
+        """``field_biases[l]`` of the plan (norm): ``b_f = exp(log_bias_f)``."""
+        return self.module.log_bias.exp() if self.kind == "norm" else None
+
 
 def default_kind(G: Group) -> str:
     """The nonlinearity ``"auto"`` picks for ``G``."""
@@ -76,6 +98,12 @@ def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
                          f"got {activation!r}")
     kind = default_kind(G) if kind == "auto" else kind
     function, code = _ESCNN_FUNCTIONS[activation], ACTIVATIONS[activation]
+
+    if kind in ("gated", "norm"):
+        from .nn.nonlinearity import EquivariantNonlinearity  # nn imports this module
+        out_type = enn.FieldType(nbs, exact_hidden_irreps(G, band_limit) * channels)
+        module = EquivariantNonlinearity(out_type, kind, activation, norm_function="n_relu")
+        return HiddenBlock(module, kind, code, None)
 
     if kind == "regular":
         if G.continuous:
@@ -113,6 +141,21 @@ def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
         # a regular grid of these groups is a finite subgroup: its elements are exact
         return HiddenBlock(module, kind, code, G.grid(**grid_kwargs))
     raise ValueError(f"nonlinearity {kind!r} is not available for {G}")
+
+
+def instantiate_irreps(G: Group, frequency: int) -> None:
+    """Build escnn's irreps of the continuous group ``G`` up to ``frequency`` (escnn
+    decomposes tensor products only into irreps it has built)."""
+    for psi in _band_limited_irreps(G, frequency):
+        G.irrep(*psi)
+
+
+def exact_hidden_irreps(G: Group, band_limit: int):
+    """One copy of every irrep of ``G`` up to ``band_limit`` (every irrep of a finite
+    group): the fields of one channel of a gated or norm hidden layer."""
+    if not G.continuous:
+        return list(G.irreps())
+    return [G.irrep(*psi) for psi in _band_limited_irreps(G, band_limit)]
 
 
 def _band_limited_irreps(G: Group, band_limit: int):

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 import pytest
 import torch
 
-from pyg_implicit.plan import ACTIVATIONS, KernelPlan, edge_kernels
+from pyg_implicit.plan import ACTIVATIONS, LAYER_KINDS, KernelPlan, edge_kernels
 
 # --------------------------------------------------------------------------
 # where the op tests run
@@ -39,7 +39,9 @@ on_cuda_source = pytest.mark.parametrize("device", TARGETS[1:])
 # plans
 # --------------------------------------------------------------------------
 
-#: a layer is ("fourier", act, M, F, G, F') or ("pointwise", act, H')
+#: a layer is ("fourier", act, M, F, G, F'), ("pointwise", act, H'), or
+#: ("gated" | "norm", act, scalars, field sizes): trivial channels and fields in a
+#: shuffled order (a gated layer's gates come first)
 DEFAULT_SPEC = (("fourier", "elu", 3, 4, 7, 4), ("pointwise", "silu", 10),
                 ("fourier", "tanh", 2, 3, 5, 2))
 SPEC_2D = (("fourier", "elu", 4, 3, 8, 3), ("fourier", "sigmoid", 4, 3, 8, 2))
@@ -47,11 +49,14 @@ SPEC_SMOOTH = (("fourier", "tanh", 2, 2, 3, 2), ("pointwise", "silu", 4))
 SPEC_ALL_ACTS = (("pointwise", "relu", 6), ("pointwise", "elu", 6),
                  ("fourier", "sigmoid", 2, 3, 5, 2), ("pointwise", "tanh", 5),
                  ("fourier", "silu", 1, 5, 6, 4))
+SPEC_EXACT = (("gated", "elu", 2, (3, 1, 5, 3)), ("norm", "silu", 3, (3, 2, 5)),
+              ("gated", "tanh", 1, (2, 2)))
 
 
 def random_plan(dtype=torch.float64, d: int = 3, attr: int = 0, c_in: int = 3,
                 c_out: int = 4, seed: int = 0, layers: Sequence = DEFAULT_SPEC,
-                width: float = 0.7, requires_grad: bool = False) -> KernelPlan:
+                width: float = 0.7, requires_grad: bool = False,
+                lift_degree: int = 1) -> KernelPlan:
     """A random plan with unit-variance activations (weights scaled by fan-in)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -59,9 +64,28 @@ def random_plan(dtype=torch.float64, d: int = 3, attr: int = 0, c_in: int = 3,
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     weights, biases, samplers, projectors, acts = [], [], [], [], []
-    h = d + attr
+    kinds, fields, field_biases = [], [], []
+    h = sum(d ** m for m in range(1, lift_degree + 1)) + attr
+    empty = torch.empty(0, dtype=dtype)
     for spec in layers:
-        if spec[0] == "fourier":
+        m, bf = torch.empty(0, dtype=torch.long), empty
+        if spec[0] in ("gated", "norm"):
+            _, act, n_scalars, sizes = spec
+            channels = [-1] * n_scalars + [f for f, size in enumerate(sizes) for _ in range(size)]
+            # fields keep their entries together, in a shuffled order with the scalars
+            blocks = [[-1]] * n_scalars + [[f] * size for f, size in enumerate(sizes)]
+            order = torch.randperm(len(blocks), generator=g).tolist()
+            m = torch.tensor([c for k in order for c in blocks[k]], dtype=torch.long)
+            assert m.numel() == len(channels)
+            n_gates = len(sizes) if spec[0] == "gated" else 0
+            weights.append(rnd(n_gates + m.numel(), h, scale=h ** -0.5))
+            samplers.append(empty)
+            projectors.append(empty)
+            if spec[0] == "norm":
+                bf = (0.1 + 0.4 * torch.rand(len(sizes), generator=g, dtype=torch.float64)
+                      ).to(dtype)
+            h = m.numel()
+        elif spec[0] == "fourier":
             _, act, M, F, G, Fp = spec
             weights.append(rnd(M * F, h, scale=h ** -0.5))
             samplers.append(rnd(G, F, scale=F ** -0.5))
@@ -77,9 +101,14 @@ def random_plan(dtype=torch.float64, d: int = 3, attr: int = 0, c_in: int = 3,
             raise ValueError(f"unknown layer kind {spec[0]!r}")
         biases.append(rnd(weights[-1].shape[0], scale=0.5))
         acts.append(ACTIVATIONS[act])
+        kinds.append(LAYER_KINDS[spec[0]])
+        fields.append(m)
+        field_biases.append(bf)
     Wt = rnd(c_out, (h + 1) * c_in, scale=((h + 1) * c_in) ** -0.5)
     plan = KernelPlan(weights, biases, samplers, projectors, acts,
-                      torch.tensor(width, dtype=dtype), Wt, d, attr, c_in, c_out)
+                      torch.tensor(width, dtype=dtype), Wt, d, attr, c_in, c_out,
+                      kinds=kinds, fields=fields, field_biases=field_biases,
+                      lift_degree=lift_degree)
     if requires_grad:
         for t in plan.tensors():
             t.requires_grad_(True)
@@ -88,11 +117,7 @@ def random_plan(dtype=torch.float64, d: int = 3, attr: int = 0, c_in: int = 3,
 
 def plan_from_tensors(plan: KernelPlan, tensors: Sequence[torch.Tensor]) -> KernelPlan:
     """``plan`` with its tensors replaced by ``tensors`` (order of plan.tensors())."""
-    L = len(plan.weights)
-    return KernelPlan(list(tensors[:L]), list(tensors[L:2 * L]), list(tensors[2 * L:3 * L]),
-                      list(tensors[3 * L:4 * L]), list(plan.activations), tensors[4 * L],
-                      tensors[4 * L + 1], plan.pos_dim, plan.attr_dim, plan.in_channels,
-                      plan.out_channels)
+    return plan.with_tensors(tensors)
 
 
 def octahedral_invariant_plan(c_in: int = 4, c_out: int = 3, seed: int = 0) -> KernelPlan:
@@ -209,10 +234,10 @@ def gradient_names(plan: KernelPlan, has_attr: bool) -> List[str]:
     return (["x_src", "pos_src", "pos_dst"] + (["edge_attr"] if has_attr else [])
             + [f"weights[{i}]" for i in range(L)] + [f"biases[{i}]" for i in range(L)]
             + [f"samplers[{i}]" for i in range(L)] + [f"projectors[{i}]" for i in range(L)]
-            + ["width", "Wt"])
+            + [f"field_biases[{i}]" for i in range(L)] + ["width", "Wt"])
 
 
 __all__ = ["TARGETS", "on_every_backend", "on_cuda_source", "DEFAULT_SPEC", "SPEC_2D",
-           "SPEC_SMOOTH", "SPEC_ALL_ACTS", "random_plan", "plan_from_tensors",
+           "SPEC_SMOOTH", "SPEC_ALL_ACTS", "SPEC_EXACT", "random_plan", "plan_from_tensors",
            "octahedral_invariant_plan", "random_edge_index", "random_problem",
            "reference_conv", "fused_with_grads", "gradient_names"]

@@ -28,7 +28,7 @@ import torch
 
 import backends
 from compare import ROW_TOL, TOL, assert_rows_close, relative_error
-from op_cases import (SPEC_2D, SPEC_ALL_ACTS, SPEC_SMOOTH, TARGETS, fused_with_grads,
+from op_cases import (SPEC_2D, SPEC_ALL_ACTS, SPEC_EXACT, SPEC_SMOOTH, TARGETS, fused_with_grads,
                       gradient_names, octahedral_invariant_plan, on_cuda_source, on_every_backend,
                       plan_from_tensors, random_edge_index, random_plan, random_problem,
                       reference_conv)
@@ -309,6 +309,14 @@ PLAN_VARIANTS = {
     "three_layers": dict(d=3, layers=(("fourier", "elu", 2, 4, 6, 2),
                                       ("fourier", "elu", 3, 4, 8, 4),
                                       ("pointwise", "tanh", 5))),
+    # exactly equivariant layers (gated, norm) after a tensor-power lift of x
+    "gated_norm_lift2": dict(d=3, layers=SPEC_EXACT, lift=2),
+    "gated_norm_2d_lift3": dict(d=2, layers=(("norm", "elu", 1, (2, 2, 2)),
+                                             ("gated", "relu", 2, (2, 2))), lift=3),
+    "mixed_kinds": dict(d=3, layers=(("fourier", "elu", 2, 4, 6, 2),
+                                     ("norm", "sigmoid", 0, (3, 1)),
+                                     ("gated", "silu", 0, (3, 5))), lift=1),
+    "gated_no_gates_lift4": dict(d=3, layers=(("gated", "elu", 4, ()),), lift=4),
 }
 
 
@@ -324,7 +332,8 @@ def test_plan_variants(device, variant, dtype):
     ps = torch.rand(n_src, d, generator=g, dtype=torch.float64)
     pd = torch.rand(n_dst, d, generator=g, dtype=torch.float64)
     ea = torch.randn(ei.shape[1], 1, generator=g, dtype=torch.float64)
-    plan = random_plan(d=d, attr=1, c_in=3, c_out=2, layers=spec["layers"], seed=2)
+    plan = random_plan(d=d, attr=1, c_in=3, c_out=2, layers=spec["layers"], seed=2,
+                       lift_degree=spec.get("lift", 1))
     assert_results_close(run_both(x, ps, pd, ea, ei, plan, dtype, device, noncontig=True),
                          dtype, what=variant)
 
@@ -560,7 +569,16 @@ def test_cuda_matches_cpu_kernels(device, num_edges):
 # autograd machinery
 # --------------------------------------------------------------------------
 
-def _small_problem(device="cpu", attr=2, seed=0):
+#: plans of the autograd tests: Fourier + pointwise, and gated + norm after a lift
+SMALL_PLANS = {
+    "fourier": dict(layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6))),
+    "exact": dict(layers=(("gated", "elu", 1, (3, 1)), ("norm", "tanh", 1, (3, 2))),
+                  lift_degree=2),
+}
+on_small_plans = pytest.mark.parametrize("kind", list(SMALL_PLANS))
+
+
+def _small_problem(device="cpu", attr=2, seed=0, kind="fourier"):
     g = torch.Generator().manual_seed(seed)
     n_src, n_dst = 5, 4
     ei = torch.tensor([[0, 1, 2, 3, 4, 0, 2, 2, 1, 4, 3],
@@ -570,8 +588,7 @@ def _small_problem(device="cpu", attr=2, seed=0):
              torch.rand(n_dst, 3, generator=g, dtype=torch.float64),
              torch.randn(ei.shape[1], attr, generator=g, dtype=torch.float64)]
     x, ps, pd, ea = (t.to(device).requires_grad_(True) for t in leafs)
-    plan = random_plan(d=3, attr=attr, c_in=2, c_out=3, seed=seed,
-                       layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6)))
+    plan = random_plan(d=3, attr=attr, c_in=2, c_out=3, seed=seed, **SMALL_PLANS[kind])
     plan = plan.to(device)
     for t in plan.tensors():
         t.requires_grad_(True)
@@ -579,8 +596,9 @@ def _small_problem(device="cpu", attr=2, seed=0):
 
 
 @on_every_backend
-def test_gradcheck(device):
-    x, ps, pd, ea, ei, plan = _small_problem(device)
+@on_small_plans
+def test_gradcheck(device, kind):
+    x, ps, pd, ea, ei, plan = _small_problem(device, kind=kind)
     csr = build_csr(ei, 5, 4)
 
     def fn(x, ps, pd, ea, *pt):
@@ -595,7 +613,8 @@ def _op_args(x, ps, pd, ea, ei, plan):
     csr = build_csr(ei, x.shape[0], pd.shape[0])
     args = (x, ps, pd, ea[csr.perm].detach().requires_grad_(ea.requires_grad), csr.rowptr,
             csr.col, csr.csc_rowptr, csr.csc_perm, plan.weights, plan.biases,
-            plan.samplers, plan.projectors, list(plan.activations), plan.width, plan.Wt)
+            plan.samplers, plan.projectors, plan.fields, plan.field_biases, list(plan.kinds),
+            list(plan.activations), plan.lift_degree, plan.width, plan.Wt)
     return args, csr
 
 
@@ -616,36 +635,39 @@ def _backward_args(grad_out, args, mask):
 
 
 @on_every_backend
-def test_opcheck_forward(device):
-    args, _ = _op_args(*_small_problem(device))
+@on_small_plans
+def test_opcheck_forward(device, kind):
+    args, _ = _op_args(*_small_problem(device, kind=kind))
     torch.library.opcheck(OPS.point_conv_forward.default, args)
     # and without gradients
     torch.library.opcheck(OPS.point_conv_forward.default, tuple(_detached(args)))
 
 
 @on_every_backend
-@pytest.mark.parametrize("mask", [[True] * 10,
+@on_small_plans
+@pytest.mark.parametrize("mask", [[True] * 11,
                                   [True, False, True, False, True, False, False,
-                                   True, False, True]])
-def test_opcheck_backward(device, mask):
-    args, csr = _op_args(*_small_problem(device))
+                                   True, True, False, True]])
+def test_opcheck_backward(device, mask, kind):
+    args, csr = _op_args(*_small_problem(device, kind=kind))
     args = _detached(args)
     grad_out = torch.randn(4, 3, dtype=torch.float64, device=device)
     bargs = _backward_args(grad_out, args, mask)
     torch.library.opcheck(OPS.point_conv_backward.default, bargs)
-    assert len(OPS.point_conv_backward(*bargs)) == 10
+    assert len(OPS.point_conv_backward(*bargs)) == 11
 
 
 def _flat_groups(groups):
-    """The 10 gradient groups of point_conv_backward as a flat tensor list."""
+    """The 11 gradient groups of point_conv_backward as a flat tensor list."""
     return [t for g in groups for t in (g if isinstance(g, (list, tuple)) else [g])]
 
 
 @on_every_backend
-def test_backward_op_matches_reference_and_masks(device):
+@on_small_plans
+def test_backward_op_matches_reference_and_masks(device, kind):
     """point_conv_backward, called directly, against the gradients of the
     materialised reference (an independent oracle), with every output mask."""
-    x, ps, pd, ea, ei, plan = _small_problem("cpu")
+    x, ps, pd, ea, ei, plan = _small_problem("cpu", kind=kind)
     args, csr = _op_args(x, ps, pd, ea, ei, plan)
     dargs = [a.to(device) if isinstance(a, torch.Tensor) else
              [t.to(device) for t in a] if isinstance(a, list) and a and
@@ -658,14 +680,14 @@ def test_backward_op_matches_reference_and_masks(device):
         ins, torch.autograd.grad((ref * R).sum(), ins, allow_unused=True))]
     expected[3] = expected[3][csr.perm]
     L = len(plan.weights)
-    sizes = [1, 1, 1, 1, L, L, L, L, 1, 1]  # tensors per gradient group
-    bounds = [sum(sizes[:k]) for k in range(11)]
-    for k in [None, *range(10)]:
-        mask = [True] * 10 if k is None else [i == k for i in range(10)]
+    sizes = [1, 1, 1, 1, L, L, L, L, L, 1, 1]  # tensors per gradient group
+    bounds = [sum(sizes[:k]) for k in range(12)]
+    for k in [None, *range(11)]:
+        mask = [True] * 11 if k is None else [i == k for i in range(11)]
         got = [t.cpu() for t in _flat_groups(
             OPS.point_conv_backward(*_backward_args(R.to(device), dargs, mask)))]
         assert len(got) == len(expected)
-        for group in range(10):
+        for group in range(11):
             for t in range(bounds[group], bounds[group + 1]):
                 if mask[group]:
                     assert_rows_close(got[t], expected[t], 1e-10,
@@ -743,25 +765,31 @@ class _FusedModel(torch.nn.Module):
         self.biases = torch.nn.ParameterList(plan.biases)
         self.samplers = torch.nn.ParameterList(plan.samplers)
         self.projectors = torch.nn.ParameterList(plan.projectors)
+        self.field_biases = torch.nn.ParameterList(plan.field_biases)
+        for l, m in enumerate(plan.fields):
+            self.register_buffer(f"fields_{l}", m)
         self.width = torch.nn.Parameter(plan.width)
         self.Wt = torch.nn.Parameter(plan.Wt)
-        self.acts = list(plan.activations)
+        self.acts, self.kinds, self.lift = list(plan.activations), list(plan.kinds), \
+            plan.lift_degree
         self.dims = (plan.pos_dim, plan.attr_dim, plan.in_channels, plan.out_channels)
 
     def forward(self, x, pos, edge_attr, csr: CSRGraph):
+        fields = [getattr(self, f"fields_{l}") for l in range(len(self.kinds))]
         plan = KernelPlan(list(self.weights), list(self.biases), list(self.samplers),
                           list(self.projectors), self.acts, self.width, self.Wt,
-                          *self.dims)
+                          *self.dims, kinds=self.kinds, fields=fields,
+                          field_biases=list(self.field_biases), lift_degree=self.lift)
         h = fused_point_conv(x, pos, pos, edge_attr, csr, plan)
         return torch.tanh(h).sum(-1)
 
 
 @pytest.mark.parametrize("device", TARGETS[:2])
-def test_torch_compile_fullgraph(device):
+@on_small_plans
+def test_torch_compile_fullgraph(device, kind):
     torch._dynamo.reset()
     x, ps, pd, ea, ei, _ = _small_problem(device)
-    plan = random_plan(d=3, attr=2, c_in=2, c_out=3, seed=0,
-                       layers=(("fourier", "elu", 2, 4, 5, 3), ("pointwise", "silu", 6)))
+    plan = random_plan(d=3, attr=2, c_in=2, c_out=3, seed=0, **SMALL_PLANS[kind])
     model = _FusedModel(plan.to(device))
     csr = build_csr(ei, 5, 5)
     x, pos, ea = x.detach(), ps.detach(), ea.detach()
@@ -983,7 +1011,8 @@ def test_op_direct_bad_input_raises_runtime_error(device):
     x, pos, ea, ei, plan = _good(device)
     csr = build_csr(ei, 5, 5)
     args = [x, pos, pos, ea[csr.perm], csr.rowptr, csr.col, csr.csc_rowptr, csr.csc_perm,
-            plan.weights, plan.biases, plan.samplers, plan.projectors, plan.activations,
+            plan.weights, plan.biases, plan.samplers, plan.projectors, plan.fields,
+            plan.field_biases, plan.kinds, plan.activations, plan.lift_degree,
             plan.width, plan.Wt]
     OPS.point_conv_forward(*args)  # fine
 
@@ -1002,9 +1031,15 @@ def test_op_direct_bad_input_raises_runtime_error(device):
     bad(6, csr.csc_rowptr[:-1], "csc_rowptr")    # wrong length
     bad(7, csr.csc_perm[:-1], "csc_perm")        # wrong length
     bad(8, [plan.weights[0][:, :2]], "weights")  # layer shape
-    bad(12, [9], "activation")                   # unknown code
-    bad(13, plan.width.reshape(1), "width")      # not 0-d
-    bad(14, plan.Wt[:, 1:], "Wt")
+    bad(12, [plan.fields[0].float()], "fields")  # field map dtype
+    bad(13, [plan.Wt.new_ones(2)], "field_biases")  # biases on a pointwise layer
+    bad(14, [7], "kinds")                        # unknown layer kind
+    bad(14, [1], "samplers")                     # Fourier without a sampler
+    bad(15, [9], "activation")                   # unknown code
+    bad(16, 0, "lift_degree")                    # no lift
+    bad(16, 2, "weights")                        # lift of another length
+    bad(17, plan.width.reshape(1), "width")      # not 0-d
+    bad(18, plan.Wt[:, 1:], "Wt")
     if device == "cuda":
         bad(5, csr.col.cpu(), "col")             # another device
     if device == "cpu" and not backends.emulated():
@@ -1013,7 +1048,7 @@ def test_op_direct_bad_input_raises_runtime_error(device):
         bad(5, -csr.col - 1, "col")                  # negative source
         bad(4, csr.rowptr.flip(0), "rowptr")         # not a valid CSR
     grad = torch.randn(5, plan.out_channels, dtype=torch.float64, device=device)
-    bargs = [grad, *args, [True] * 10]
+    bargs = [grad, *args, [True] * 11]
     OPS.point_conv_backward(*bargs)
     with pytest.raises(RuntimeError, match="grad_out"):
         OPS.point_conv_backward(grad[:, :1], *bargs[1:])

@@ -295,6 +295,8 @@ struct Plan {
   const ConvDims* dims;
   std::vector<const T*> W, b, Q, P;
   std::vector<const T*> QT;  // samplers transposed: [F, G]
+  std::vector<const int64_t*> M;  // field maps (gated / norm layers)
+  std::vector<const T*> Bf;       // field biases (norm layers)
   T width;
   bool small = false;        // use the small_gemm row kernels
 };
@@ -310,6 +312,7 @@ struct Tile {
   std::vector<T> s;                 // envelope [n]
   std::vector<T> g;                 // [n, H + 1]
   std::vector<T> f;                 // gathered x_src rows [n, C_in]
+  std::vector<T> scratch;           // norm layers: 2 x fields of one edge
 
   Tile(const ConvDims& d, int64_t tile) : cap(tile) {
     const int64_t L = static_cast<int64_t>(d.layers.size());
@@ -318,9 +321,11 @@ struct Tile {
     z.resize(L);
     S.resize(L);
     Y.resize(L);
-    u[0].resize(tile * (d.d + d.attr));
+    u[0].resize(tile * d.h0);
+    int64_t nf = 0;
     for (int64_t l = 0; l < L; ++l) {
       const auto& ld = d.layers[l];
+      nf = std::max(nf, ld.nf);
       u[l + 1].resize(tile * ld.out);
       z[l].resize(tile * ld.pre);
       if (ld.fourier) {
@@ -331,6 +336,7 @@ struct Tile {
     s.resize(tile);
     g.resize(tile * (d.hidden + 1));
     f.resize(tile * d.c_in);
+    scratch.resize(2 * nf + 1);
   }
 };
 
@@ -341,7 +347,7 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
                   const T* x_src, const T* pos_src, const T* pos_dst,
                   const T* edge_attr) {
   const ConvDims& d = *plan.dims;
-  const int64_t D = d.d, A = d.attr, H0 = D + A, C = d.c_in;
+  const int64_t D = d.d, A = d.attr, H0 = d.h0, X = d.lifted, C = d.c_in;
   const T inv_w2 = T(1) / (plan.width * plan.width);
   T* u0 = tl.u[0].data();
   for (int64_t t = 0; t < n; ++t) {
@@ -355,7 +361,8 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
       u0[t * H0 + k] = x;
       r2 += x * x;
     }
-    for (int64_t a = 0; a < A; ++a) u0[t * H0 + D + a] = edge_attr[p * A + a];
+    lift_forward<T>(D, d.lift, u0 + t * H0, u0 + t * H0);
+    for (int64_t a = 0; a < A; ++a) u0[t * H0 + X + a] = edge_attr[p * A + a];
     tl.s[t] = std::exp(T(-0.5) * r2 * inv_w2);
     std::memcpy(tl.f.data() + t * C, x_src + j * C, sizeof(T) * C);
   }
@@ -385,6 +392,16 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
       act_forward<T>(ld.act, Sp, Y, nm * ld.G);
       gemm<T>(false, true, nm, ld.Fp, ld.G, T(1), Y, ld.G, plan.P[l], ld.G,
               T(0), tl.u[l + 1].data(), ld.Fp);
+    } else if (ld.kind == kGated) {
+      T* up = tl.u[l + 1].data();
+      for (int64_t t = 0; t < n; ++t)
+        gated_forward<T>(ld.act, ld.pre, ld.out, plan.M[l], zp + t * ld.pre,
+                         up + t * ld.out);
+    } else if (ld.kind == kNorm) {
+      T* up = tl.u[l + 1].data();
+      for (int64_t t = 0; t < n; ++t)
+        norm_forward<T>(ld.act, ld.pre, ld.nf, plan.M[l], plan.Bf[l],
+                        zp + t * ld.pre, up + t * ld.out, tl.scratch.data());
     } else {
       act_forward<T>(ld.act, zp, tl.u[l + 1].data(), n * ld.pre);
     }
@@ -455,15 +472,20 @@ at::Tensor point_conv_forward_cpu(
     const at::Tensor& rowptr, const at::Tensor& col,
     const at::Tensor& csc_rowptr, const at::Tensor& csc_perm,
     at::TensorList weights, at::TensorList biases, at::TensorList samplers,
-    at::TensorList projectors, at::IntArrayRef activations,
+    at::TensorList projectors, at::TensorList fields,
+    at::TensorList field_biases, at::IntArrayRef kinds,
+    at::IntArrayRef activations, int64_t lift_degree,
     const at::Tensor& width, const at::Tensor& Wt) {
+  const PlanArgs args{weights, biases,      samplers, projectors,
+                      fields,  field_biases, kinds,   activations,
+                      lift_degree, width,   Wt};
   const ConvDims d = check_point_conv_inputs(
       "point_conv_forward", x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-      csc_rowptr, csc_perm, weights, biases, samplers, projectors, activations,
-      width, Wt);
+      csc_rowptr, csc_perm, args);
   TORCH_CHECK(x_src.device().is_cpu(), "point_conv_forward: CPU kernel got ",
               x_src.device());
   check_csr_values_cpu(d, rowptr, col);  // the CSC is not read by the forward
+  check_field_values_cpu(d, fields);
   at::Tensor out = at::zeros({d.n_dst, d.c_out}, x_src.options());
   if (d.num_edges == 0 || d.n_dst == 0) return out;
 
@@ -486,6 +508,10 @@ at::Tensor point_conv_forward_cpu(
       plan.QT.push_back(keep.back().data_ptr<scalar_t>());
       keep.push_back(projectors[l].contiguous());
       plan.P.push_back(keep.back().data_ptr<scalar_t>());
+      keep.push_back(fields[l].contiguous());
+      plan.M.push_back(keep.back().data_ptr<int64_t>());
+      keep.push_back(field_biases[l].contiguous());
+      plan.Bf.push_back(keep.back().data_ptr<scalar_t>());
     }
     plan.width = width.item<scalar_t>();
     plan.small = small_gemm::available();
@@ -504,7 +530,7 @@ at::Tensor point_conv_forward_cpu(
 
 // Offsets of the parameter gradients in one flat partial buffer.
 struct GradLayout {
-  std::vector<int64_t> W, b, Q, P;
+  std::vector<int64_t> W, b, Q, P, Bf;
   int64_t Wt = 0, width = 0, total = 0;
   explicit GradLayout(const ConvDims& d) {
     int64_t o = 0;
@@ -513,6 +539,7 @@ struct GradLayout {
       b.push_back(o); o += ld.pre;
       Q.push_back(o); o += ld.fourier ? ld.G * ld.F : 0;
       P.push_back(o); o += ld.fourier ? ld.Fp * ld.G : 0;
+      Bf.push_back(o); o += ld.kind == kNorm ? ld.nf : 0;
     }
     Wt = o; o += d.c_out * (d.hidden + 1) * d.c_in;
     width = o; o += 1;
@@ -531,7 +558,7 @@ template <typename T>
 struct BackBuffers {
   std::vector<T> du0, du1, dz, dY, dg, ds;
   BackBuffers(const ConvDims& d, int64_t tile) {
-    int64_t hmax = d.d + d.attr, pmax = 1, ymax = 1;
+    int64_t hmax = d.h0, pmax = 1, ymax = 1;
     for (const auto& ld : d.layers) {
       hmax = std::max({hmax, ld.in, ld.out});
       pmax = std::max(pmax, ld.pre);
@@ -553,7 +580,7 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
                    const T* Wt, const T* dout, T* dfe, T* dxe, T* dpos_dst,
                    T* dattr, T* partials, const GradLayout& lay) {
   const int64_t H = d.hidden, H1 = H + 1, C = d.c_in, K = H1 * C,
-                Co = d.c_out, D = d.d, A = d.attr, H0 = D + A;
+                Co = d.c_out, D = d.d, A = d.attr, H0 = d.h0, X = d.lifted;
   const int64_t L = static_cast<int64_t>(d.layers.size());
   const auto chunks = make_chunks(rowptr, d.n_dst, d.num_edges);
   const int64_t nchunks = static_cast<int64_t>(chunks.size()) - 1;
@@ -663,6 +690,19 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
                 gemm<T>(false, false, nm, ld.F, ld.G, T(1), dY, ld.G,
                         plan.Q[l], ld.F, T(0), dz, ld.F);
               }
+            } else if (ld.kind == kGated) {
+              const T* up = tl.u[l + 1].data();
+              for (int64_t t = 0; t < n; ++t)
+                gated_backward<T>(ld.act, ld.pre, ld.out, plan.M[l],
+                                  zp + t * ld.pre, up + t * ld.out,
+                                  du + t * ld.out, dz + t * ld.pre);
+            } else if (ld.kind == kNorm) {
+              const T* up = tl.u[l + 1].data();
+              for (int64_t t = 0; t < n; ++t)
+                norm_backward<T>(ld.act, ld.pre, ld.nf, plan.M[l], plan.Bf[l],
+                                 zp + t * ld.pre, up + t * ld.out,
+                                 du + t * ld.out, dz + t * ld.pre,
+                                 part + lay.Bf[l], tl.scratch.data());
             } else {
               act_backward<T>(ld.act, du, zp, tl.u[l + 1].data(), dz,
                               n * ld.pre);
@@ -679,8 +719,11 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
             }
           }
         }
-        // du now holds d u_0 = d [x_e, a_e] (when input grads are needed).
+        // du now holds d u_0 = d [lift(x_e), a_e] (when input grads are needed).
         const T* u0 = tl.u[0].data();
+        if (need.pos_src || need.pos_dst)
+          for (int64_t t = 0; t < n; ++t)
+            lift_backward<T>(D, d.lift, u0 + t * H0, u0 + t * H0, du + t * H0);
         T dwidth = 0;
         for (int64_t t = 0; t < n; ++t) {
           const int64_t p = p0 + t, r = tl.rows[t];
@@ -695,7 +738,7 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
             if (need.pos_dst) dpos_dst[r * D + k] -= dx;
           }
           if (need.attr)
-            for (int64_t a = 0; a < A; ++a) dattr[p * A + a] = du[t * H0 + D + a];
+            for (int64_t a = 0; a < A; ++a) dattr[p * A + a] = du[t * H0 + X + a];
         }
         part[lay.width] += dwidth;
       }
@@ -725,18 +768,22 @@ BackwardResult point_conv_backward_cpu(
     const at::Tensor& edge_attr, const at::Tensor& rowptr,
     const at::Tensor& col, const at::Tensor& csc_rowptr,
     const at::Tensor& csc_perm, at::TensorList weights, at::TensorList biases,
-    at::TensorList samplers, at::TensorList projectors,
-    at::IntArrayRef activations, const at::Tensor& width, const at::Tensor& Wt,
-    c10::List<bool> output_mask) {
+    at::TensorList samplers, at::TensorList projectors, at::TensorList fields,
+    at::TensorList field_biases, at::IntArrayRef kinds,
+    at::IntArrayRef activations, int64_t lift_degree, const at::Tensor& width,
+    const at::Tensor& Wt, c10::List<bool> output_mask) {
+  const PlanArgs args{weights, biases,      samplers, projectors,
+                      fields,  field_biases, kinds,   activations,
+                      lift_degree, width,   Wt};
   const ConvDims d = check_point_conv_inputs(
       "point_conv_backward", x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-      csc_rowptr, csc_perm, weights, biases, samplers, projectors, activations,
-      width, Wt);
+      csc_rowptr, csc_perm, args);
   check_point_conv_backward_inputs(d, grad_out, x_src, output_mask);
   TORCH_CHECK(x_src.device().is_cpu(), "point_conv_backward: CPU kernel got ",
               x_src.device());
   check_csr_values_cpu(d, rowptr, col);
   check_csc_values_cpu(d, csc_rowptr, csc_perm);
+  check_field_values_cpu(d, fields);
 
   const GradRequest req = grad_request(output_mask);
   Needs need;
@@ -784,6 +831,10 @@ BackwardResult point_conv_backward_cpu(
         plan.QT.push_back(keep.back().data_ptr<scalar_t>());
         keep.push_back(projectors[l].contiguous());
         plan.P.push_back(keep.back().data_ptr<scalar_t>());
+        keep.push_back(fields[l].contiguous());
+        plan.M.push_back(keep.back().data_ptr<int64_t>());
+        keep.push_back(field_biases[l].contiguous());
+        plan.Bf.push_back(keep.back().data_ptr<scalar_t>());
       }
       plan.width = width.item<scalar_t>();
       plan.small = small_gemm::available();
@@ -816,7 +867,7 @@ BackwardResult point_conv_backward_cpu(
     });
   }
 
-  std::vector<at::Tensor> gW, gb, gQ, gP;
+  std::vector<at::Tensor> gW, gb, gQ, gP, gBf;
   for (size_t l = 0; l < d.layers.size(); ++l) {
     const auto& ld = d.layers[l];
     gW.push_back(flat.narrow(0, lay.W[l], ld.pre * ld.in).view({ld.pre, ld.in}).clone());
@@ -828,6 +879,9 @@ BackwardResult point_conv_backward_cpu(
       gQ.push_back(at::zeros_like(samplers[l], at::MemoryFormat::Contiguous));
       gP.push_back(at::zeros_like(projectors[l], at::MemoryFormat::Contiguous));
     }
+    gBf.push_back(ld.kind == kNorm ? flat.narrow(0, lay.Bf[l], ld.nf).clone()
+                                   : at::zeros_like(field_biases[l],
+                                                    at::MemoryFormat::Contiguous));
   }
   at::Tensor g_w = flat.narrow(0, lay.width, 1).squeeze(0).clone();
   at::Tensor g_Wt = flat.narrow(0, lay.Wt, d.c_out * (d.hidden + 1) * d.c_in)
@@ -840,9 +894,10 @@ BackwardResult point_conv_backward_cpu(
     for (auto& t : gb) t.zero_();
     for (auto& t : gQ) t.zero_();
     for (auto& t : gP) t.zero_();
+    for (auto& t : gBf) t.zero_();
   }
   if (!need.width) g_w.zero_();
-  return BackwardResult(g_x, g_ps, g_pd, g_ea, gW, gb, gQ, gP, g_w, g_Wt);
+  return BackwardResult(g_x, g_ps, g_pd, g_ea, gW, gb, gQ, gP, gBf, g_w, g_Wt);
 }
 
 }  // namespace

@@ -69,7 +69,7 @@ using at::Tensor;
 // ---------------------------------------------------------------------------
 
 // Gathers the edge tile [p0, p0 + ne) of target row `row` into shared memory:
-// xb [ne, d] (edge vectors), u0 [ne, H0] (= [x_e, a_e]), fb [ne, C_in]
+// xb [ne, d] (edge vectors), u0 [ne, H0] (= [lift(x_e), a_e]), fb [ne, C_in]
 // (source features) and env [ne] (Gaussian envelope, 0 for an invalid source).
 // Contains one __syncthreads(); the caller syncs again before using env.
 template <typename T>
@@ -78,7 +78,7 @@ __device__ void load_edge_tile(const PlanP<T>& p, int ne, int64_t p0, int64_t ro
                                const T* __restrict__ pos_dst, const T* __restrict__ edge_attr,
                                const int64_t* __restrict__ col, int64_t N_src, T inv2w2,
                                T* xb, T* u0, T* fb, T* env) {
-  const int d = p.d, A = p.A, H0 = p.H0, Cin = p.C_in;
+  const int d = p.d, A = p.A, H0 = p.H0, X = p.X, Cin = p.C_in;
   for (int idx = threadIdx.x; idx < ne * d; idx += blockDim.x) {
     const int e = idx / d, t = idx - e * d;
     const int64_t j = col[p0 + e];
@@ -89,7 +89,7 @@ __device__ void load_edge_tile(const PlanP<T>& p, int ne, int64_t p0, int64_t ro
   }
   for (int idx = threadIdx.x; idx < ne * A; idx += blockDim.x) {
     const int e = idx / A, a = idx - e * A;
-    u0[e * H0 + d + a] = edge_attr[(p0 + e) * A + a];
+    u0[e * H0 + X + a] = edge_attr[(p0 + e) * A + a];
   }
   for (int idx = threadIdx.x; idx < ne * Cin; idx += blockDim.x) {
     const int e = idx / Cin, c = idx - e * Cin;
@@ -104,6 +104,21 @@ __device__ void load_edge_tile(const PlanP<T>& p, int ne, int64_t p0, int64_t ro
     T r2 = T(0);
     for (int t = 0; t < d; ++t) r2 += xb[e * d + t] * xb[e * d + t];
     env[e] = valid ? dev_exp(-r2 * inv2w2) : T(0);
+    if (p.lift > 1) pyg_implicit::lift_forward<T>(d, p.lift, u0 + e * H0, u0 + e * H0);
+  }
+}
+
+// A gated or norm layer for `ne` edges, one thread per edge: z [ne, hp] ->
+// u [ne, out]; scratch: nf per edge (norm).  No barrier inside.
+template <typename T>
+__device__ void field_layer_forward(const LayerP<T>& Ly, int ne, const T* z, T* u, T* scratch) {
+  for (int e = threadIdx.x; e < ne; e += blockDim.x) {
+    if (Ly.kind == pyg_implicit::kGated)
+      pyg_implicit::gated_forward<T>(Ly.act, Ly.hp, Ly.out, Ly.fields, z + e * Ly.hp,
+                                     u + e * Ly.out);
+    else
+      pyg_implicit::norm_forward<T>(Ly.act, Ly.hp, Ly.nf, Ly.fields, Ly.fb, z + e * Ly.hp,
+                                    u + e * Ly.out, scratch + e * Ly.nf);
   }
 }
 
@@ -117,7 +132,12 @@ __device__ const T* mlp_forward_pingpong(const PlanP<T>& p, int ne, T* bufA, T* 
   T* nxt = bufB;
   for (int l = 0; l < p.L; ++l) {
     const LayerP<T>& Ly = p.layer[l];
-    if (!Ly.fourier) {
+    if (Ly.kind == pyg_implicit::kGated || Ly.kind == pyg_implicit::kNorm) {
+      tile_gemm<T>(cur, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, zb, Ly.hp, -1, mma);
+      __syncthreads();
+      field_layer_forward<T>(Ly, ne, zb, nxt, sb);
+      __syncthreads();
+    } else if (!Ly.fourier) {
       tile_gemm<T>(cur, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, nxt, Ly.hp, Ly.act, mma);
       __syncthreads();
     } else {
@@ -276,7 +296,9 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
         T* uo = sm + Ly.sm_u_out;
         tile_gemm<T>(uin, ne, Ly.in, Ly.WT, Ly.hp, 1, Ly.b, Ly.hp, z, Ly.hp, -1, mma);
         __syncthreads();
-        if (Ly.fourier) {
+        if (Ly.kind == pyg_implicit::kGated || Ly.kind == pyg_implicit::kNorm) {
+          field_layer_forward<T>(Ly, ne, z, uo, scratch);
+        } else if (Ly.fourier) {
           T* S = sm + Ly.sm_S;
           const int rows = ne * Ly.M;
           tile_gemm<T>(z, rows, Ly.F, Ly.QT, Ly.G, 1, nullptr, Ly.G, S, Ly.G, -1, mma);
@@ -329,7 +351,31 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
         const LayerP<T>& Ly = p.layer[l];
         const T* uin_l = l == 0 ? u0 : sm + p.layer[l - 1].sm_u_out;
         T* z = sm + Ly.sm_z;
-        if (Ly.fourier) {
+        if (Ly.kind == pyg_implicit::kGated || Ly.kind == pyg_implicit::kNorm) {
+          const T* y = sm + Ly.sm_u_out;
+          const int nf3 = 3 * Ly.nf;  // per edge: 2 nf work, nf d bias
+          for (int e = threadIdx.x; e < ne; e += blockDim.x) {
+            if (Ly.kind == pyg_implicit::kGated) {
+              pyg_implicit::gated_backward<T>(Ly.act, Ly.hp, Ly.out, Ly.fields, z + e * Ly.hp,
+                                              y + e * Ly.out, du + e * Ly.out, dz + e * Ly.hp);
+            } else {
+              T* db = scratch + e * nf3 + 2 * Ly.nf;
+              for (int f = 0; f < Ly.nf; ++f) db[f] = T(0);
+              pyg_implicit::norm_backward<T>(Ly.act, Ly.hp, Ly.nf, Ly.fields, Ly.fb,
+                                             z + e * Ly.hp, y + e * Ly.out, du + e * Ly.out,
+                                             dz + e * Ly.hp, db, scratch + e * nf3);
+            }
+          }
+          if (Ly.kind == pyg_implicit::kNorm) {
+            __syncthreads();
+            // d bias: the tile's edges in a fixed order, one thread per field
+            for (int f = threadIdx.x; f < Ly.nf; f += blockDim.x) {
+              T acc = Pb[Ly.off_Bf + f];
+              for (int e = 0; e < ne; ++e) acc += scratch[e * nf3 + 2 * Ly.nf + f];
+              Pb[Ly.off_Bf + f] = acc;
+            }
+          }
+        } else if (Ly.fourier) {
           T* S = sm + Ly.sm_S;
           const int rows = ne * Ly.M;
           const int nG = rows * Ly.G;
@@ -362,7 +408,12 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
         tile_gemm<T>(dz, ne, Ly.hp, Ly.W, Ly.in, 1, nullptr, Ly.in, du, Ly.in, -1, mma);
         __syncthreads();
       }
-      // du now holds d u_0 = [d x_e (MLP part), d a_e]
+      // du now holds d u_0 = [d lift(x_e) (MLP part), d a_e]
+      if (p.lift > 1) {
+        for (int e = threadIdx.x; e < ne; e += blockDim.x)
+          pyg_implicit::lift_backward<T>(d, p.lift, xb + e * d, u0 + e * H0, du + e * H0);
+        __syncthreads();
+      }
 
       for (int e = threadIdx.x; e < ne; e += blockDim.x) {
         const T s = env[e];
@@ -379,7 +430,7 @@ point_conv_bwd_kernel(const __grid_constant__ PlanP<T> p, const BwdLayout lay, c
       }
       for (int idx = threadIdx.x; idx < ne * A; idx += blockDim.x) {
         const int e = idx / A, a = idx - e * A;
-        gattr[(p0 + e) * A + a] = du[e * H0 + d + a];
+        gattr[(p0 + e) * A + a] = du[e * H0 + p.X + a];
       }
       __syncthreads();
       if (threadIdx.x < d) {
@@ -532,18 +583,29 @@ Sizes cuda_sizes(const char* op, const pyg_implicit::ConvDims& d, const Tensor& 
   return s;
 }
 
+// Value checks of the field maps (csrc/point_conv.cpp) on host copies: the
+// kernels index with them.  Tiny tensors; one copy each for gated/norm layers.
+void check_field_values(const pyg_implicit::ConvDims& dims, at::TensorList fields) {
+  std::vector<Tensor> host;
+  for (const auto& m : fields) host.push_back(m.cpu());
+  pyg_implicit::check_field_values_cpu(dims, host);
+}
+
 // Builds the kernel-side plan. `keep` holds the contiguous/transposed copies
 // alive until the kernels are enqueued (the caching allocator is stream-safe).
 template <typename T>
-PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases,
-                   at::TensorList samplers, at::TensorList projectors,
-                   at::IntArrayRef activations, const Tensor& width,
-                   std::vector<Tensor>& keep) {
+PlanP<T> make_plan(const Sizes& s, const pyg_implicit::PlanArgs& a, std::vector<Tensor>& keep) {
+  const at::TensorList weights = a.weights, biases = a.biases, samplers = a.samplers,
+                       projectors = a.projectors;
+  const at::IntArrayRef activations = a.activations;
+  const Tensor& width = a.width;
   PlanP<T> p{};
   p.L = (int)s.L;
   p.d = (int)s.d;
   p.A = (int)s.A;
-  p.H0 = (int)(s.d + s.A);
+  p.lift = (int)a.lift_degree;
+  p.X = (int)pyg_implicit::lifted_size(s.d, a.lift_degree);
+  p.H0 = p.X + (int)s.A;
   p.H = (int)s.H;
   p.C_in = (int)s.C_in;
   int maxU = p.H0, maxZ = 1, maxS = 1, maxS_fwd = 0;
@@ -563,8 +625,30 @@ PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases
     Ly.act = (int)activations[l];
     Ly.off_W = off; off += (int64_t)Ly.hp * Ly.in;
     Ly.off_b = off; off += Ly.hp;
+    Ly.kind = (int)a.kinds[l];
+    Ly.nf = 0;
+    Ly.fields = nullptr;
+    Ly.fb = nullptr;
     const Tensor& Q = samplers[l];
-    if (Q.numel() == 0) {
+    if (Ly.kind == pyg_implicit::kGated || Ly.kind == pyg_implicit::kNorm) {
+      Ly.fourier = 0;
+      Ly.Q = Ly.QT = Ly.P = Ly.PT = nullptr;
+      Ly.M = Ly.hp; Ly.F = 1; Ly.G = 0; Ly.Fp = 1;
+      const Tensor m = a.fields[l].contiguous();
+      keep.push_back(m);
+      Ly.fields = m.data_ptr<int64_t>();
+      Ly.off_Q = Ly.off_P = off;
+      if (Ly.kind == pyg_implicit::kGated) {
+        Ly.out = (int)m.numel();
+        Ly.nf = Ly.hp - Ly.out;
+      } else {
+        Ly.out = Ly.hp;
+        Ly.fb = hold(a.field_biases[l].contiguous());
+        Ly.nf = (int)a.field_biases[l].numel();
+        maxS = std::max(maxS, 3 * Ly.nf);
+        maxS_fwd = std::max(maxS_fwd, Ly.nf);
+      }
+    } else if (Q.numel() == 0) {
       Ly.fourier = 0;
       Ly.Q = Ly.QT = Ly.P = Ly.PT = nullptr;
       Ly.M = Ly.hp; Ly.F = 1; Ly.G = 0; Ly.Fp = 1;
@@ -588,6 +672,7 @@ PlanP<T> make_plan(const Sizes& s, at::TensorList weights, at::TensorList biases
       maxS = std::max(maxS, Ly.M * Ly.G);
       if (!fourier_fused(Ly)) maxS_fwd = std::max(maxS_fwd, Ly.M * Ly.G);
     }
+    Ly.off_Bf = off; off += Ly.kind == pyg_implicit::kNorm ? Ly.nf : 0;
     maxU = std::max(maxU, Ly.out);
     maxZ = std::max(maxZ, Ly.hp);
   }
@@ -669,15 +754,17 @@ Tensor point_conv_forward_cuda(const Tensor& x_src_, const Tensor& pos_src_,
                                const Tensor& csc_rowptr_, const Tensor& csc_perm_,
                                at::TensorList weights, at::TensorList biases,
                                at::TensorList samplers, at::TensorList projectors,
-                               at::IntArrayRef activations, const Tensor& width,
-                               const Tensor& Wt_) {
+                               at::TensorList fields, at::TensorList field_biases,
+                               at::IntArrayRef kinds, at::IntArrayRef activations,
+                               int64_t lift_degree, const Tensor& width, const Tensor& Wt_) {
   const char* op = "point_conv_forward";
-  const Sizes s = cuda_sizes(
-      op, pyg_implicit::check_point_conv_inputs(op, x_src_, pos_src_, pos_dst_, edge_attr_,
-                                                rowptr_, col_, csc_rowptr_, csc_perm_,
-                                                weights, biases, samplers, projectors,
-                                                activations, width, Wt_),
-      x_src_);
+  const pyg_implicit::PlanArgs args{weights, biases,      samplers, projectors,
+                                    fields,  field_biases, kinds,   activations,
+                                    lift_degree, width,   Wt_};
+  const pyg_implicit::ConvDims dims = pyg_implicit::check_point_conv_inputs(
+      op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_, csc_rowptr_, csc_perm_, args);
+  const Sizes s = cuda_sizes(op, dims, x_src_);
+  check_field_values(dims, fields);
   const c10::cuda::CUDAGuard guard(x_src_.device());
   const Tensor x_src = x_src_.contiguous();
   const Tensor pos_src = pos_src_.contiguous();
@@ -693,8 +780,7 @@ Tensor point_conv_forward_cuda(const Tensor& x_src_, const Tensor& pos_src_,
 
   AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_forward_cuda", [&] {
     std::vector<Tensor> keep;
-    const PlanP<scalar_t> plan =
-        make_plan<scalar_t>(s, weights, biases, samplers, projectors, activations, width, keep);
+    const PlanP<scalar_t> plan = make_plan<scalar_t>(s, args, keep);
     forward_impl<scalar_t>(s, plan, x_src, pos_src, pos_dst, edge_attr, rowptr, col, Wt, out);
   });
   return out;
@@ -702,7 +788,7 @@ Tensor point_conv_forward_cuda(const Tensor& x_src_, const Tensor& pos_src_,
 
 using BwdResult = std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
                              std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
-                             Tensor, Tensor>;
+                             std::vector<Tensor>, Tensor, Tensor>;
 
 BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_,
                                    const Tensor& pos_src_, const Tensor& pos_dst_,
@@ -710,15 +796,20 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
                                    const Tensor& col_, const Tensor& csc_rowptr_,
                                    const Tensor& csc_perm_, at::TensorList weights,
                                    at::TensorList biases, at::TensorList samplers,
-                                   at::TensorList projectors, at::IntArrayRef activations,
+                                   at::TensorList projectors, at::TensorList fields,
+                                   at::TensorList field_biases, at::IntArrayRef kinds,
+                                   at::IntArrayRef activations, int64_t lift_degree,
                                    const Tensor& width, const Tensor& Wt_,
                                    c10::List<bool> output_mask) {
   const char* op = "point_conv_backward";
+  const pyg_implicit::PlanArgs args{weights, biases,      samplers, projectors,
+                                    fields,  field_biases, kinds,   activations,
+                                    lift_degree, width,   Wt_};
   const pyg_implicit::ConvDims dims = pyg_implicit::check_point_conv_inputs(
-      op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_, csc_rowptr_, csc_perm_,
-      weights, biases, samplers, projectors, activations, width, Wt_);
+      op, x_src_, pos_src_, pos_dst_, edge_attr_, rowptr_, col_, csc_rowptr_, csc_perm_, args);
   pyg_implicit::check_point_conv_backward_inputs(dims, grad_out_, x_src_, output_mask);
   const Sizes s = cuda_sizes(op, dims, x_src_);
+  check_field_values(dims, fields);
   const pyg_implicit::GradRequest req = pyg_implicit::grad_request(output_mask);
 
   const c10::cuda::CUDAGuard guard(x_src_.device());
@@ -739,7 +830,7 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
   Tensor g_pos_dst = at::zeros({s.N_dst, s.d}, opts);
   Tensor g_attr = at::zeros({s.E, s.A}, opts);
   Tensor g_Wt = at::zeros_like(Wt);
-  std::vector<Tensor> g_W, g_b, g_Q, g_P;
+  std::vector<Tensor> g_W, g_b, g_Q, g_P, g_Bf;
   Tensor g_width;
 
   const bool any_edges = s.E > 0 && s.N_dst > 0 && s.N_src > 0;
@@ -748,8 +839,7 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
   AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_backward_cuda", [&] {
     using T = scalar_t;
     std::vector<Tensor> keep;
-    PlanP<T> plan =
-        make_plan<T>(s, weights, biases, samplers, projectors, activations, width, keep);
+    PlanP<T> plan = make_plan<T>(s, args, keep);
     Tensor flat = at::zeros({plan.n_params}, opts);
 
     if (need_edge_kernel) {
@@ -848,6 +938,9 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
         g_Q.push_back(at::zeros(samplers[l].sizes(), opts));
         g_P.push_back(at::zeros(projectors[l].sizes(), opts));
       }
+      g_Bf.push_back(Ly.kind == pyg_implicit::kNorm
+                         ? flat.narrow(0, Ly.off_Bf, Ly.nf).view(field_biases[l].sizes()).clone()
+                         : at::zeros(field_biases[l].sizes(), opts));
     }
     g_width = flat.narrow(0, plan.off_width, 1).view(width.sizes()).clone();
   });
@@ -856,12 +949,12 @@ BwdResult point_conv_backward_cuda(const Tensor& grad_out_, const Tensor& x_src_
   if (!req[pyg_implicit::kGradPosDst]) g_pos_dst.zero_();
   if (!req[pyg_implicit::kGradEdgeAttr]) g_attr.zero_();
   if (!req.params()) {
-    for (auto* group : {&g_W, &g_b, &g_Q, &g_P})
+    for (auto* group : {&g_W, &g_b, &g_Q, &g_P, &g_Bf})
       for (auto& t : *group) t.zero_();
   }
   if (!req[pyg_implicit::kGradWidth]) g_width.zero_();
 
-  return BwdResult(g_x, g_pos_src, g_pos_dst, g_attr, g_W, g_b, g_Q, g_P, g_width, g_Wt);
+  return BwdResult(g_x, g_pos_src, g_pos_dst, g_attr, g_W, g_b, g_Q, g_P, g_Bf, g_width, g_Wt);
 }
 
 }  // namespace pyg_implicit_cuda

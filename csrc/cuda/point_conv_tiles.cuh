@@ -49,8 +49,12 @@ struct LayerP {
   int M, F, G, Fp;
   int act;      // activation code
   int fourier;  // 1 if sampler/projector are present
+  int kind;     // pyg_implicit::LayerKind
+  int nf;       // gates (gated) or biased fields (norm)
+  const int64_t* fields;  // field map (gated / norm), device
+  const T* fb;            // field biases [nf] (norm)
   // offsets into the flat parameter-gradient vector (backward)
-  int64_t off_W, off_b, off_Q, off_P;
+  int64_t off_W, off_b, off_Q, off_P, off_Bf;
   // offsets (in elements of T, for TE edges) of the stored activations in the
   // backward kernel's shared memory
   int64_t sm_z, sm_S, sm_u_out;
@@ -62,13 +66,15 @@ struct PlanP {
   int L;      // number of layers
   int d;      // position dimension
   int A;      // edge attribute dimension
-  int H0;     // d + A
+  int lift;   // degree of the lift [x, x (x) x, ...] of the edge vector
+  int X;      // its length d + d^2 + ...
+  int H0;     // X + A
   int H;      // H_L (hidden size before the envelope column)
   int C_in;
   int maxU;   // max_l H_l (l = 0..L), >= 1
   int maxZ;   // max_l H'_l, >= 1
-  int maxS;   // max_l M_l * G_l over Fourier layers, >= 1
-  int maxS_fwd;  // the same over Fourier layers the forward cannot fuse, >= 0
+  int maxS;   // max_l M_l * G_l over Fourier layers and 3 nf_l over norm layers, >= 1
+  int maxS_fwd;  // the same over Fourier layers the forward cannot fuse and nf_l, >= 0
   int tf32;   // 1: tile_gemm on TF32 tensor cores (float only, PYG_IMPLICIT_CUDA_TF32)
   const T* width;  // 0-d device tensor
   int64_t off_width;

@@ -1,6 +1,7 @@
 """``ImplicitPointConv``: steerable point convolution with an implicit kernel."""
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Optional, Tuple, Union
 
@@ -61,7 +62,15 @@ class ImplicitPointConv(MessagePassing):
             (fused when the extension is built, else factorized).
         **kwargs: further arguments of :class:`~pyg_implicit.ImplicitKernel`
             (``band_limit``, ``nonlinearity``, ``activation``, ``grid_size``,
-            ``grid``, ``width``, ``learn_width``, ``num_neighbors``).
+            ``grid``, ``width``, ``learn_width``, ``num_neighbors``,
+            ``lift_degree``). ``nonlinearity="gated"`` or ``"norm"`` makes the
+            layer exactly equivariant for every group (docs/design.md §1b).
+
+    Precision: the layer computes in float32 or float64 (its parameters'
+    dtype). Under ``torch.autocast`` it runs in its own dtype with autocast
+    off (lower-precision inputs are cast up) and returns that dtype; a layer
+    converted to float16/bfloat16 (``.half()``) raises a ``TypeError`` when
+    called.
 
     Edges follow PyG's ``source_to_target`` flow: ``edge_index[0]`` holds the
     sources j, ``edge_index[1]`` the targets i, and the kernel is evaluated at
@@ -126,6 +135,23 @@ class ImplicitPointConv(MessagePassing):
                 ``with pyg_implicit.ops.debug_checks():``).
         """
         x_src, x_dst, pos_src, pos_dst = _checks.split_inputs(x, pos, self.in_type)
+        dtype = self.kernel.log_width.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"ImplicitPointConv computes in float32 or float64, but this layer "
+                            f"was converted to {dtype}: convert it back with .float() (under "
+                            f"torch.autocast the layer runs in float32 by itself)")
+        device_type = self.kernel.log_width.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        if autocast:  # compute in the layer's dtype, inputs cast up to it
+            def up(t):
+                return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+            x_src, x_dst, pos_src, pos_dst, edge_attr = (
+                up(t) for t in (x_src, x_dst, pos_src, pos_dst, edge_attr))
+        with torch.autocast(device_type, enabled=False) if autocast else \
+                contextlib.nullcontext():
+            return self._forward(x_src, x_dst, pos_src, pos_dst, edge_index, edge_attr, csr)
+
+    def _forward(self, x_src, x_dst, pos_src, pos_dst, edge_index, edge_attr, csr):
         _checks.check_inputs(x_src, pos_src, pos_dst, edge_index, edge_attr,
                              self.kernel.pos_dim, self.in_channels, self.kernel.attr_dim,
                              self.kernel.log_width)
@@ -143,8 +169,8 @@ class ImplicitPointConv(MessagePassing):
             else:  # sizes always; contents with debug checks (ops.debug_checks)
                 ops.check_csr(csr, edge_index, size[0], size[1])
             out = ops.fused_point_conv(x_src, pos_src, pos_dst, edge_attr, csr, plan)
-        else:
-            out = self.propagate(edge_index, x=(x_src, x_dst), pos=(pos_src, pos_dst),
+        else:  # PyG's scatter wants int64 indices
+            out = self.propagate(edge_index.long(), x=(x_src, x_dst), pos=(pos_src, pos_dst),
                                  edge_attr=edge_attr, plan=plan, backend=backend, size=size)
             if backend == "factorized":
                 out = out @ plan.Wt.t()

@@ -14,7 +14,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ..plan import ACTIVATIONS, KernelPlan
+from ..plan import ACTIVATIONS, LAYER_KINDS, KernelPlan
 from .csr import CSRGraph
 
 __all__ = ["fused_point_conv", "is_available", "unavailable_reason"]
@@ -49,30 +49,38 @@ _FLOAT_DTYPES = (torch.float32, torch.float64)
 # --------------------------------------------------------------------------
 
 def _forward_fake(x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr,
-                  csc_perm, weights, biases, samplers, projectors, activations,
-                  width, Wt):
+                  csc_perm, weights, biases, samplers, projectors, fields, field_biases,
+                  kinds, activations, lift_degree, width, Wt):
     return x_src.new_empty((pos_dst.shape[0], Wt.shape[0]))
 
 
 def _backward_fake(grad_out, x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-                   csc_rowptr, csc_perm, weights, biases, samplers, projectors,
-                   activations, width, Wt, output_mask):
+                   csc_rowptr, csc_perm, weights, biases, samplers, projectors, fields,
+                   field_biases, kinds, activations, lift_degree, width, Wt, output_mask):
     # Every group has its full shape (masked-out groups are zeros).
     new = lambda t: t.new_empty(t.shape)  # noqa: E731
     return (new(x_src), new(pos_src), new(pos_dst), new(edge_attr),
             [new(t) for t in weights], [new(t) for t in biases],
             [new(t) for t in samplers], [new(t) for t in projectors],
-            width.new_empty(()), new(Wt))
+            [new(t) for t in field_biases], width.new_empty(()), new(Wt))
+
+
+# positions of the forward op's inputs (and of their gradients)
+_X, _POS_SRC, _POS_DST, _ATTR = 0, 1, 2, 3
+_WEIGHTS, _BIASES, _SAMPLERS, _PROJECTORS, _FIELDS, _FIELD_BIASES = 8, 9, 10, 11, 12, 13
+_KINDS, _ACTS, _LIFT, _WIDTH, _WT = 14, 15, 16, 17, 18
+_NUM_INPUTS = 19
 
 
 def _forward_setup_context(ctx, inputs, output):
     (x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr, csc_perm,
-     weights, biases, samplers, projectors, activations, width, Wt) = inputs
+     weights, biases, samplers, projectors, fields, field_biases, kinds, activations,
+     lift_degree, width, Wt) = inputs
     ctx.num_layers = len(weights)
-    ctx.activations = list(activations)
+    ctx.kinds, ctx.activations, ctx.lift_degree = list(kinds), list(activations), lift_degree
     ctx.save_for_backward(x_src, pos_src, pos_dst, edge_attr, rowptr, col,
                           csc_rowptr, csc_perm, width, Wt, *weights, *biases,
-                          *samplers, *projectors)
+                          *samplers, *projectors, *fields, *field_biases)
 
 
 def _forward_backward(ctx, grad_out):
@@ -80,38 +88,32 @@ def _forward_backward(ctx, grad_out):
     (x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr, csc_perm,
      width, Wt) = saved[:10]
     L = ctx.num_layers
-    rest = saved[10:]
-    weights, biases = list(rest[:L]), list(rest[L:2 * L])
-    samplers, projectors = list(rest[2 * L:3 * L]), list(rest[3 * L:4 * L])
-    # inputs: x_src 0, pos_src 1, pos_dst 2, edge_attr 3, rowptr 4, col 5,
-    # csc_rowptr 6, csc_perm 7, weights 8, biases 9, samplers 10, projectors 11,
-    # activations 12, width 13, Wt 14; mask order: csrc/plan_contract.h GradGroup
+    lists = [list(saved[10 + k * L:10 + (k + 1) * L]) for k in range(6)]
+    weights, biases, samplers, projectors, fields, field_biases = lists
+    # mask order: csrc/plan_contract.h GradGroup
     nig = ctx.needs_input_grad
-    mask = [bool(nig[0]), bool(nig[1]), bool(nig[2]), bool(nig[3]),
-            any(nig[8]), any(nig[9]), any(nig[10]), any(nig[11]),
-            bool(nig[13]), bool(nig[14])]
-    # autograd's pytree spec needs an empty list (not None) for an empty int[]
-    g_acts = [] if L == 0 else None
-    none_lists = ([None] * L, [None] * L, [None] * L, [None] * L)
+    mask = [bool(nig[_X]), bool(nig[_POS_SRC]), bool(nig[_POS_DST]), bool(nig[_ATTR]),
+            any(nig[_WEIGHTS]), any(nig[_BIASES]), any(nig[_SAMPLERS]),
+            any(nig[_PROJECTORS]), any(nig[_FIELD_BIASES]), bool(nig[_WIDTH]),
+            bool(nig[_WT])]
+    grads = [None] * _NUM_INPUTS
+    # autograd's pytree spec needs lists (empty ones for an empty int[])
+    for k in (_WEIGHTS, _BIASES, _SAMPLERS, _PROJECTORS, _FIELDS, _FIELD_BIASES):
+        grads[k] = [None] * L
+    grads[_KINDS] = grads[_ACTS] = [] if L == 0 else None
     if not any(mask):
-        return (None,) * 8 + (*none_lists, g_acts, None, None)
-    (g_x, g_ps, g_pd, g_ea, g_W, g_b, g_Q, g_P, g_w, g_Wt) = \
-        torch.ops.pyg_implicit.point_conv_backward(
-            grad_out, x_src, pos_src, pos_dst, edge_attr, rowptr, col,
-            csc_rowptr, csc_perm, weights, biases, samplers, projectors,
-            ctx.activations, width, Wt, mask)
-
-    def pick(flag, t):
-        return t if flag else None
-
-    def pick_list(flags, ts):
-        return [t if f else None for f, t in zip(flags, ts)]
-
-    return (pick(nig[0], g_x), pick(nig[1], g_ps), pick(nig[2], g_pd),
-            pick(nig[3], g_ea), None, None, None, None,
-            pick_list(nig[8], g_W), pick_list(nig[9], g_b),
-            pick_list(nig[10], g_Q), pick_list(nig[11], g_P),
-            g_acts, pick(nig[13], g_w), pick(nig[14], g_Wt))
+        return tuple(grads)
+    out = torch.ops.pyg_implicit.point_conv_backward(
+        grad_out, x_src, pos_src, pos_dst, edge_attr, rowptr, col, csc_rowptr, csc_perm,
+        weights, biases, samplers, projectors, fields, field_biases, ctx.kinds,
+        ctx.activations, ctx.lift_degree, width, Wt, mask)
+    for k, g in zip((_X, _POS_SRC, _POS_DST, _ATTR), out[:4]):
+        grads[k] = g if nig[k] else None
+    for k, gs in zip((_WEIGHTS, _BIASES, _SAMPLERS, _PROJECTORS, _FIELD_BIASES), out[4:9]):
+        grads[k] = [g if f else None for f, g in zip(nig[k], gs)]
+    grads[_WIDTH] = out[9] if nig[_WIDTH] else None
+    grads[_WT] = out[10] if nig[_WT] else None
+    return tuple(grads)
 
 
 def _backward_setup_context(ctx, inputs, output):
@@ -164,17 +166,18 @@ def _check_index(name: str, t, device: torch.device, length: int) -> None:
 
 
 def _check_plan(plan, dtype, device, d: int, attr: int, c_in: int) -> None:
-    for name in ("weights", "biases", "samplers", "projectors", "activations",
-                 "width", "Wt"):
-        if not hasattr(plan, name):
-            raise TypeError(f"plan must be a KernelPlan, got {type(plan).__name__} "
-                            f"without '{name}'")
+    if not isinstance(plan, KernelPlan):
+        raise TypeError(f"plan must be a KernelPlan, got {type(plan).__name__}")
     L = len(plan.weights)
-    for name in ("biases", "samplers", "projectors", "activations"):
+    for name in ("biases", "samplers", "projectors", "activations", "kinds", "fields",
+                 "field_biases"):
         if len(getattr(plan, name)) != L:
             raise ValueError(f"plan.{name} has {len(getattr(plan, name))} entries, "
                              f"plan.weights has {L}")
-    h = d + attr
+    k = plan.lift_degree
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 4:
+        raise ValueError(f"plan.lift_degree must be an integer in [1, 4], got {k!r}")
+    h = plan.lifted_dim + attr
     codes = set(ACTIVATIONS.values())
     for l in range(L):
         W, b = plan.weights[l], plan.biases[l]
@@ -193,10 +196,40 @@ def _check_plan(plan, dtype, device, d: int, attr: int, c_in: int) -> None:
         if isinstance(code, bool) or not isinstance(code, int) or code not in codes:
             raise ValueError(f"plan.activations[{l}] = {code!r} is not an activation "
                              f"code {sorted(codes)}")
+        kind = plan.kinds[l]
+        if isinstance(kind, bool) or not isinstance(kind, int) or \
+                kind not in LAYER_KINDS.values():
+            raise ValueError(f"plan.kinds[{l}] = {kind!r} is not a layer kind "
+                             f"{LAYER_KINDS}")
+        m, bf = plan.fields[l], plan.field_biases[l]
+        _check_tensor(f"plan.field_biases[{l}]", bf, dtype, device, 1)
+        if not isinstance(m, Tensor) or m.dtype != torch.int64 or m.dim() != 1 or \
+                m.device != device:
+            raise TypeError(f"plan.fields[{l}] must be a 1-D int64 tensor on {device}, got "
+                            f"{getattr(m, 'dtype', type(m).__name__)}")
+        fourier = kind == LAYER_KINDS["fourier"]
+        if fourier != (Q.numel() > 0) or fourier != (P.numel() > 0):
+            raise ValueError(f"plan.samplers[{l}] and plan.projectors[{l}] must be "
+                             f"non-empty exactly for a Fourier layer (kinds[{l}] = {kind})")
+        if kind in (LAYER_KINDS["gated"], LAYER_KINDS["norm"]):
+            gated = kind == LAYER_KINDS["gated"]
+            n_fields = W.shape[0] - m.shape[0] if gated else bf.shape[0]
+            if (m.shape[0] > W.shape[0]) if gated else (m.shape[0] != W.shape[0]):
+                raise ValueError(f"plan.fields[{l}] has {m.shape[0]} entries, expected "
+                                 f"{'at most ' if gated else ''}{W.shape[0]}")
+            if gated and bf.numel():
+                raise ValueError(f"plan.field_biases[{l}] must be empty for a gated layer")
+            # values: here in eager mode (the CPU op checks them again, also compiled)
+            if m.numel() and not torch.compiler.is_compiling() and \
+                    (int(m.min()) < -1 or int(m.max()) >= n_fields):
+                raise ValueError(f"plan.fields[{l}] entries must be -1 or in "
+                                 f"[0, {n_fields}), got [{int(m.min())}, {int(m.max())}]")
+            h = m.shape[0]
+            continue
+        if m.numel() or bf.numel():
+            raise ValueError(f"plan.fields[{l}] and plan.field_biases[{l}] must be empty "
+                             f"for a {('pointwise', 'Fourier')[kind]} layer")
         if Q.numel() == 0:
-            if P.numel() != 0:
-                raise ValueError(f"plan.projectors[{l}] must be empty when "
-                                 f"plan.samplers[{l}] is empty")
             h = W.shape[0]
         else:
             if Q.dim() != 2 or W.shape[0] % Q.shape[1] != 0:
@@ -297,6 +330,7 @@ def fused_point_conv(x_src: Tensor, pos_src: Tensor, pos_dst: Tensor,
     _check_plan(plan, dtype, device, d, edge_attr_csr.shape[1], c_in)
     return torch.ops.pyg_implicit.point_conv_forward(
         x_src, pos_src, pos_dst, edge_attr_csr, csr.rowptr, csr.col,
-        csr.csc_rowptr, csr.csc_perm, list(plan.weights), list(plan.biases), list(plan.samplers),
-        list(plan.projectors), [int(a) for a in plan.activations], plan.width,
-        plan.Wt)
+        csr.csc_rowptr, csr.csc_perm, list(plan.weights), list(plan.biases),
+        list(plan.samplers), list(plan.projectors), list(plan.fields), list(plan.field_biases),
+        [int(k) for k in plan.kinds], [int(a) for a in plan.activations],
+        int(plan.lift_degree), plan.width, plan.Wt)
