@@ -10,6 +10,10 @@ reference measured in the same run. Results go to ``benchmarks/results/`` as
 JSON, Markdown and a PNG plot.
 
     python benchmarks/bench_conv.py [--configs S,2D,M] [--variants ...] [--reps 5]
+
+A variant ``backend:nonlinearity`` (e.g. ``fused:gated``) builds the layer's
+kernel MLP with that nonlinearity (default: the group's ``auto``, Fourier for
+O(3)/SO(2)); ``--name`` sets the file names of the results.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def knn_edges(pos, k, chunk=2048):
     return torch.stack([src, dst])
 
 
-def build(config: str, seed: int = 0):
+def build(config: str, seed: int = 0, nonlinearity: str = "auto"):
     import torch
     from escnn import gspaces
     from escnn import nn as enn
@@ -70,7 +74,7 @@ def build(config: str, seed: int = 0):
     edge_index = knn_edges(pos, cfg["k"])
     width = float((cfg["k"] / cfg["nodes"]) ** (1 / cfg["dim"]))
     conv = ImplicitPointConv(ftype, ftype, hidden_channels=16, hidden_layers=2, band_limit=2,
-                             width=width, num_neighbors=cfg["k"])
+                             width=width, num_neighbors=cfg["k"], nonlinearity=nonlinearity)
     x = torch.randn(cfg["nodes"], ftype.size)
     return conv, x, pos, edge_index
 
@@ -94,8 +98,9 @@ def _reset_peak_rss() -> bool:
 
 def worker(config: str, variant: str, reps: int, warmup: int) -> dict:
     import torch
-    conv, x, pos, edge_index = build(config)
-    conv.backend = variant
+    backend, _, nonlinearity = variant.partition(":")
+    conv, x, pos, edge_index = build(config, nonlinearity=nonlinearity or "auto")
+    conv.backend = backend
     pos.requires_grad_(True)
     x.requires_grad_(True)
 
@@ -186,14 +191,16 @@ def plot(rows, path):
         return False
     ok = [r for r in rows if "error" not in r]
     configs = sorted({r["config"] for r in ok}, key=list(CONFIGS).index)
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in ok)]
+    variants = list(dict.fromkeys(r["variant"] for r in ok))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, label in zip(axes, ("forward_s", "forward_backward_s", "peak_extra_mib"),
                               ("forward [s]", "forward+backward [s]", "peak extra memory [MiB]")):
         for i, v in enumerate(variants):
             vals = [next((r[key] for r in ok if r["config"] == c and r["variant"] == v), 0)
                     for c in configs]
-            ax.bar([j + 0.27 * (i - 1) for j in range(len(configs))], vals, width=0.27, label=v)
+            w = 0.8 / len(variants)
+            ax.bar([j + w * (i - (len(variants) - 1) / 2) for j in range(len(configs))], vals,
+                   width=w, label=v)
         ax.set_xticks(range(len(configs)), configs)
         ax.set_yscale("log")
         ax.set_title(label)
@@ -211,6 +218,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=1800, help="per worker, seconds")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="bench_conv", help="stem of the result files")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configs, variants = args.configs.split(","), args.variants.split(",")
@@ -218,8 +226,9 @@ def main(argv=None):
         if c not in CONFIGS:
             parser.error(f"unknown config {c!r}; choose from {list(CONFIGS)}")
     for v in variants:
-        if v not in VARIANTS:
-            parser.error(f"unknown variant {v!r}; choose from {list(VARIANTS)}")
+        if v.partition(":")[0] not in VARIANTS:
+            parser.error(f"unknown variant {v!r}; choose from {list(VARIANTS)} "
+                         f"(optionally with ':<nonlinearity>')")
     if args.worker:
         print(json.dumps(worker(configs[0], variants[0], args.reps, args.warmup)))
         return
@@ -228,7 +237,7 @@ def main(argv=None):
     from pyg_implicit import ops
     if "fused" in variants and not ops.is_available():
         print("note: the compiled extension is not available; skipping the fused variant")
-        variants = [v for v in variants if v != "fused"]
+        variants = [v for v in variants if v.partition(":")[0] != "fused"]
     rows = []
     for c in configs:
         for v in variants:
@@ -246,10 +255,10 @@ def main(argv=None):
             "threads": torch.get_num_threads(), "reps": args.reps, "warmup": args.warmup}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_conv.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     table = markdown(rows, meta)
-    (out / "bench_conv.md").write_text(table)
-    plot(rows, out / "bench_conv.png")
+    (out / f"{args.name}.md").write_text(table)
+    plot(rows, out / f"{args.name}.png")
     print()
     print(table)
 

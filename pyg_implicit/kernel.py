@@ -39,7 +39,7 @@ def _max_frequency(in_type: enn.FieldType, out_type: enn.FieldType, band_limit: 
     def ints(x):
         return [v for y in x for v in ints(y)] if isinstance(x, tuple) else [int(x)]
     ids = [psi for t in (in_type, out_type) for r in t.representations for psi in r.irreps]
-    return 2 * max([0, *(v for psi in ids for v in ints(psi))]) + band_limit + 4
+    return 2 * max([0, *(v for psi in ids for v in ints(psi))]) + band_limit
 
 
 def attr_representations(G, edge_attr_type: FieldTypeLike) -> List[Representation]:
@@ -116,11 +116,12 @@ class ImplicitKernel(torch.nn.Module):
                 # escnn decomposes tensor products only into irreps it has built: build
                 # those up to a frequency that covers the field types, then retry
                 G = in_type.fibergroup
-                frequency = 2 * (frequency or _max_frequency(in_type, out_type, band_limit))
+                frequency = 2 * frequency if frequency else \
+                    _max_frequency(in_type, out_type, band_limit)
                 if attempt == 3 or not G.continuous:
                     raise ValueError(
                         f"the kernel between in_type and out_type cannot be built on {G}: "
-                        f"escnn lacks irreps up to frequency {frequency // 2} for the "
+                        f"escnn lacks irreps up to frequency {frequency} for the "
                         f"decompositions it needs; use fields of lower frequency in "
                         f"in_type/out_type or a smaller band_limit") from exc
                 instantiate_irreps(G, frequency)

@@ -60,6 +60,9 @@ def add_options(p) -> None:
     a("--input-noise", type=float, default=0.0,
       help="std of Gaussian noise on the training inputs, targets moved as free flight")
     a("--backend", default="auto", help="ImplicitPointConv backend")
+    a("--nonlinearity", default="auto", choices=("auto", "gated", "norm"),
+      help="nonlinearity of the kernel MLPs: auto (Fourier on a grid for continuous groups, "
+           "exact only on the grid's symmetries) or gated/norm (exactly equivariant)")
     a("--grid", default="auto", help="grid of the kernel MLP's Fourier nonlinearity: auto "
       "('ico' for o3/so3, the layer's default otherwise), a grid name, or 'default'")
 
@@ -67,6 +70,8 @@ def add_options(p) -> None:
 def model_config(args, variant: str) -> Dict:
     grid = args.grid if args.grid != "auto" else ("ico" if args.group in ("o3", "so3") else None)
     conv = {"backend": args.backend, **({"grid": grid} if grid not in (None, "default") else {})}
+    if getattr(args, "nonlinearity", "auto") != "auto":  # older recorded configs lack it
+        conv = {"backend": args.backend, "nonlinearity": args.nonlinearity}
     node_charge = args.node_charge == "on" or (args.node_charge == "auto" and variant != "charged")
     return dict(group=args.group, num_layers=args.num_layers, scalars=args.scalars,
                 vectors=args.vectors, tensors=args.tensors,
