@@ -305,11 +305,7 @@ def bench_config(name, cfg, device, dtype, warmup, reps, rates, variants):
 
             leaves = [x.detach().requires_grad_(True), pos.detach().requires_grad_(True)]
             ptens = [t.detach().requires_grad_(True) for t in plan.tensors()]
-            L = len(plan.weights)
-            plan_g = KernelPlan(ptens[:L], ptens[L:2 * L], ptens[2 * L:3 * L],
-                                ptens[3 * L:4 * L], plan.activations, ptens[4 * L],
-                                ptens[4 * L + 1], plan.pos_dim, plan.attr_dim,
-                                plan.in_channels, plan.out_channels)
+            plan_g = plan.with_tensors(ptens)
 
             def fwd_bwd():
                 out = fn(leaves[0], leaves[1], ei, plan_g, csr)

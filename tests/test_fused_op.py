@@ -1060,3 +1060,28 @@ def test_op_direct_bad_input_raises_runtime_error(device):
     # the device is still usable (no kernel ran on bad data)
     _sync(device)
     assert torch.isfinite(OPS.point_conv_forward(*args)).all()
+
+
+@on_every_backend
+def test_bad_field_maps(device):
+    """A field map with an entry out of range, or of the wrong length, is refused
+    by the wrapper (ValueError naming plan.fields) and by the op itself."""
+    x, ps, pd, ea, ei, plan = _small_problem(device, kind="exact")
+    csr = build_csr(ei, 5, 4)
+    args = dict(x_src=x.detach(), pos_src=ps.detach(), pos_dst=pd.detach(),
+                edge_attr=ea.detach(), csr=csr)
+    for change, match in ((lambda m: m.fill_(7), r"plan.fields\[0\] entries"),
+                          (lambda m: m.fill_(-2), r"plan.fields\[0\] entries"),
+                          (lambda m: m[:-1], r"plan.fields\[0\] has")):
+        bad = plan.with_tensors([t.detach() for t in plan.tensors()])
+        bad.fields = [change(plan.fields[0].clone()), *plan.fields[1:]]
+        with pytest.raises(ValueError, match=match):
+            fused_point_conv(plan=bad, **args)
+        if device == "cpu" and not backends.emulated() or device == "cuda":
+            op_args, _ = _op_args(x.detach(), ps.detach(), pd.detach(), ea.detach(), ei, bad)
+            with pytest.raises(RuntimeError, match="fields"):
+                OPS.point_conv_forward(*op_args)
+    bad = plan.with_tensors([t.detach() for t in plan.tensors()])
+    bad.kinds = [9, *plan.kinds[1:]]
+    with pytest.raises(ValueError, match=r"plan.kinds\[0\]"):
+        fused_point_conv(plan=bad, **args)
