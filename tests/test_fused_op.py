@@ -1070,11 +1070,13 @@ def test_bad_field_maps(device):
     csr = build_csr(ei, 5, 4)
     args = dict(x_src=x.detach(), pos_src=ps.detach(), pos_dst=pd.detach(),
                 edge_attr=ea.detach(), csr=csr)
-    for change, match in ((lambda m: m.fill_(7), r"plan.fields\[0\] entries"),
-                          (lambda m: m.fill_(-2), r"plan.fields\[0\] entries"),
-                          (lambda m: m[:-1], r"plan.fields\[0\] has")):
+    # layer 0 is gated (3 gates), layer 1 norm (one map entry per pre-activation)
+    for l, change, match in ((0, lambda m: m.fill_(7), r"plan.fields\[0\] entries"),
+                             (0, lambda m: m.fill_(-2), r"plan.fields\[0\] entries"),
+                             (1, lambda m: m[:-1], r"plan.fields\[1\] has")):
         bad = plan.with_tensors([t.detach() for t in plan.tensors()])
-        bad.fields = [change(plan.fields[0].clone()), *plan.fields[1:]]
+        bad.fields = list(plan.fields)
+        bad.fields[l] = change(plan.fields[l].clone())
         with pytest.raises(ValueError, match=match):
             fused_point_conv(plan=bad, **args)
         if device == "cpu" and not backends.emulated() or device == "cuda":
