@@ -127,14 +127,12 @@ class KernelPlan:
         return KernelPlan(t[:L], t[L:2 * L], t[2 * L:3 * L], t[3 * L:4 * L],
                           list(self.activations), t[5 * L], t[5 * L + 1], self.pos_dim,
                           self.attr_dim, self.in_channels, self.out_channels,
-                          dict(self.extra), list(self.kinds), list(self.fields),
+                          dict(self.extra), list(self.kinds),
+                          [m.to(t[5 * L + 1].device) for m in self.fields],  # with the plan
                           t[4 * L:5 * L], self.lift_degree)
 
     def to(self, *args, **kwargs) -> "KernelPlan":
-        plan = self.with_tensors([t.to(*args, **kwargs) for t in self.tensors()])
-        device = plan.Wt.device
-        plan.fields = [m.to(device) for m in self.fields]
-        return plan
+        return self.with_tensors([t.to(*args, **kwargs) for t in self.tensors()])
 
 
 def apply_activation(z: torch.Tensor, code: int, sampler: torch.Tensor,

@@ -727,13 +727,15 @@ def test_double_backward_raises(device):
 
 @on_every_backend
 @DTYPES
-def test_deterministic(device, dtype):
+@pytest.mark.parametrize("exact", [False, True], ids=["fourier", "gated_norm"])
+def test_deterministic(device, dtype, exact):
     g = torch.Generator().manual_seed(3)
     n = 400
     ei = random_edge_index(n, n, 8000, 9, self_loops=True, hub_degree=300).to(device)
     x, pos = (torch.randn(n, 3, generator=g).to(device, dtype) for _ in range(2))
     ea = torch.randn(ei.shape[1], 2, generator=g).to(device, dtype)
-    plan = random_plan(dtype, attr=2, seed=4, requires_grad=True)
+    plan = random_plan(dtype, attr=2, seed=4, requires_grad=True,
+                       **(dict(layers=SPEC_EXACT, lift_degree=2) if exact else {}))
     plan = plan_from_tensors(plan, [t.detach().to(device).requires_grad_(True)
                                     for t in plan.tensors()])
     csr = build_csr(ei, n)
@@ -837,9 +839,14 @@ from pyg_implicit.ops import build_csr, fused_point_conv
 from pyg_implicit.plan import hidden_features
 
 torch.set_num_threads(1)
-backend, H, E = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+backend, H, E, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
 n, c = 2000, 4
-plan = random_plan(c_in=c, c_out=c, layers=(("pointwise", "silu", H),), requires_grad=True)
+if kind == "pointwise":
+    layer, lift = ("pointwise", "silu", H), 1
+else:  # H outputs: vector-sized fields and a few scalars, after a lift of degree 2
+    fields = (H - 2) // 3
+    layer, lift = (kind, "elu", H - 3 * fields, (3,) * fields), 2
+plan = random_plan(c_in=c, c_out=c, layers=(layer,), requires_grad=True, lift_degree=lift)
 
 
 def step(num_edges):
@@ -871,12 +878,12 @@ print(json.dumps({"peak_bytes": status("VmHWM:") - before}))
 """
 
 
-def _peak_bytes(backend, hidden, num_edges):
+def _peak_bytes(backend, hidden, num_edges, kind="pointwise"):
     # large blocks always come from mmap and go back to the OS when freed, so
     # the resident-set peak is the allocation peak (no recycled heap)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, backend, str(hidden),
-                        str(num_edges), TESTS], cwd=ROOT, env=env, capture_output=True,
+                        str(num_edges), TESTS, kind], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"]
@@ -885,14 +892,15 @@ def _peak_bytes(backend, hidden, num_edges):
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                     reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
 @on_cpu_kernels
-def test_no_allocation_proportional_to_edges_times_hidden(device):
+@pytest.mark.parametrize("kind", ["pointwise", "gated", "norm"])
+def test_no_allocation_proportional_to_edges_times_hidden(device, kind):
     """Forward + backward of the CPU op: the peak memory does not grow with
     E x H (the hidden size of the kernel MLP); the factorised path, which
     materialises E x (H + 1) x C_in, does, which shows the measurement works."""
     E, small, large = 40000, 8, 264
     e_h = E * (large - small) * 8  # bytes of one float64 E x (H_large - H_small) tensor
-    fused = {h: _peak_bytes("fused", h, E) for h in (small, large)}
-    factorized_large = _peak_bytes("factorized", large, E)
+    fused = {h: _peak_bytes("fused", h, E, kind) for h in (small, large)}
+    factorized_large = _peak_bytes("factorized", large, E, kind)
     assert factorized_large > e_h, (factorized_large, e_h)  # the probe sees E x H
     growth = fused[large] - fused[small]
     assert growth < 0.1 * e_h, f"fused peak grew by {growth / 2**20:.1f} MiB with H " \
