@@ -181,10 +181,11 @@ class ImplicitKernel(torch.nn.Module):
 
         linears, blocks = [], []
         current = self.mlp_in_type
+        reachable = {psi for rep in self.mlp_in_type.representations for psi in rep.irreps}
         for _ in range(hidden_layers):
             with _default_dtype(torch.float64):  # exact float64 sampling matrices
                 block = build_hidden_block(nbs, hidden_channels, band_limit, nonlinearity,
-                                           activation, grid_size, grid)
+                                           activation, grid_size, grid, reachable)
             linears.append(enn.Linear(current, block.module.in_type, bias=True))
             blocks.append(block)
             current = block.module.out_type

@@ -88,8 +88,13 @@ def default_kind(G: Group) -> str:
 
 def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
                        activation: str = "elu", grid_size: Optional[int] = None,
-                       grid: Optional[str] = None) -> HiddenBlock:
-    """A nonlinearity on ``channels`` fields for the group of ``nbs``."""
+                       grid: Optional[str] = None, reachable=None) -> HiddenBlock:
+    """A nonlinearity on ``channels`` fields for the group of ``nbs``.
+
+    ``reachable`` (gated/norm): ids of the irreps of the MLP's input. Gated and
+    norm layers only rescale fields and linear maps only connect equal irreps,
+    so hidden fields of any other non-trivial irrep would stay zero: they are
+    left out (the same functions, fewer dimensions)."""
     G = nbs.fibergroup
     if kind not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {kind!r}")
@@ -101,7 +106,9 @@ def build_hidden_block(nbs, channels: int, band_limit: int, kind: str = "auto",
 
     if kind in ("gated", "norm"):
         from .nn.nonlinearity import EquivariantNonlinearity  # nn imports this module
-        out_type = enn.FieldType(nbs, exact_hidden_irreps(G, band_limit) * channels)
+        irreps = [psi for psi in exact_hidden_irreps(G, band_limit)
+                  if reachable is None or psi.is_trivial() or psi.id in reachable]
+        out_type = enn.FieldType(nbs, irreps * channels)
         module = EquivariantNonlinearity(out_type, kind, activation, norm_function="n_relu")
         return HiddenBlock(module, kind, code, None)
 
