@@ -177,6 +177,17 @@ def test_converting_one_layer_leaves_the_others_alone(name, kind, dtype):
     assert all(t.dtype in (torch.float32, torch.int64, torch.bool) for t in a.buffers())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_converting_one_linear_block_leaves_the_others_alone(dtype):
+    from pyg_implicit.nn import EquivariantLinear
+    in_type, out_type, _ = field_types("O3")
+    a, b = EquivariantLinear(in_type, out_type), EquivariantLinear(in_type, out_type)
+    x = torch.randn(7, in_type.size)
+    before = a(x)
+    b.to(dtype)
+    assert torch.equal(a(x), before)
+
+
 # ----------------------------------------------------------------------------
 # half precision: one clear error; autocast runs the layer in float32
 # ----------------------------------------------------------------------------
