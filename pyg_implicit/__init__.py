@@ -12,13 +12,16 @@ machine that only runs the fused op).
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["KernelPlan", "ImplicitKernel", "ImplicitPointConv", "testing"]
+__all__ = ["KernelPlan", "ImplicitKernel", "ImplicitPointConv", "ImplicitR2Conv",
+           "ImplicitR3Conv", "testing"]
 
 # public name -> (submodule, attribute or None for the module itself)
 _LAZY = {
     "KernelPlan": (".plan", "KernelPlan"),
     "ImplicitKernel": (".kernel", "ImplicitKernel"),
     "ImplicitPointConv": (".nn", "ImplicitPointConv"),
+    "ImplicitR2Conv": (".nn", "ImplicitR2Conv"),
+    "ImplicitR3Conv": (".nn", "ImplicitR3Conv"),
     "testing": (".testing", None),
 }
 
