@@ -125,7 +125,7 @@ def check_kernel_constraint(kernel, num_points: int = 64, elements: Elements = "
         rout = _directsum(kernel.out_type.representations, g, K)
         ra = _directsum(kernel.attr_reps, g, a)
         K_g = kernel(x @ R.t(), a @ ra.t() if kernel.attr_dim else a)
-        worst = max(worst, float((K_g - rout @ K @ rin.t()).abs().max() / scale))
+        worst = max(worst, float((K_g - rout @ K @ rin.t()).abs().max().detach() / scale))
     return worst
 
 
