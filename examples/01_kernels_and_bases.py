@@ -41,24 +41,28 @@ print(kernel)
 # rows are output channels, columns input channels.
 
 # %%
-n = 41
-coords = np.linspace(-2, 2, n)
-X, Y = np.meshgrid(coords, coords)
-points = torch.tensor(np.stack([X.ravel(), Y.ravel()], 1))
-with torch.no_grad():
-    K = kernel(points).view(n, n, out_type.size, in_type.size).numpy()
-fig, axes = plt.subplots(out_type.size, in_type.size, figsize=(6, 7))
-for o in range(out_type.size):
-    for c in range(in_type.size):
-        ax = axes[o, c]
-        ax.imshow(K[:, :, o, c], origin="lower", cmap="RdBu_r", extent=(-2, 2, -2, 2))
-        ax.set_xticks([]), ax.set_yticks([])
-        if o == 0:
-            ax.set_title(f"in {c}", fontsize=8)
-        if c == 0:
-            ax.set_ylabel(f"out {o}", fontsize=8)
-fig.suptitle("SO(2) kernel, gated MLP: K[o, c](x)")
-plt.show()
+def heat_maps(kernel, title, n=41):
+    coords = np.linspace(-2, 2, n)
+    X, Y = np.meshgrid(coords, coords)
+    points = torch.tensor(np.stack([X.ravel(), Y.ravel()], 1))
+    with torch.no_grad():
+        K = kernel(points).view(n, n, kernel.out_type.size, kernel.in_type.size).numpy()
+    rows, cols = kernel.out_type.size, kernel.in_type.size
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1, 1.4 * rows + 0.8))
+    for o in range(rows):
+        for c in range(cols):
+            ax = axes[o, c]
+            ax.imshow(K[:, :, o, c], origin="lower", cmap="RdBu_r", extent=(-2, 2, -2, 2))
+            ax.set_xticks([]), ax.set_yticks([])
+            if o == 0:
+                ax.set_title(f"in {c}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"out {o}", fontsize=8)
+    fig.suptitle(title)
+    plt.show()
+
+
+heat_maps(kernel, "SO(2) kernel, gated MLP: K[o, c](x)")
 
 # %% [markdown]
 # A frequency-`k` input mapped to a frequency-`l` output needs angular
@@ -131,6 +135,7 @@ G2 = gs2.fibergroup
 t_in = enn.FieldType(gs2, [G2.trivial_representation, gs2.basespace_action])
 t_out = enn.FieldType(gs2, [gs2.basespace_action, G2.irrep(1, 2)])
 k2 = ImplicitKernel(t_in, t_out, hidden_channels=8, nonlinearity="gated").double()
+heat_maps(k2, "O(2) kernel, gated MLP: K[o, c](x)")
 print("O(2) constraint violation:", f"{check_kernel_constraint(k2, num=16):.1e}")
 print("O(2) residual after projection:", f"{kernel_basis_residual(k2, radius=1.0):.1e}")
 assert check_kernel_constraint(k2, num=16) < 1e-9 and kernel_basis_residual(k2) < 1e-9

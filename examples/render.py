@@ -7,6 +7,7 @@ and render them, with their figures, to Markdown under ``examples/rendered/``.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def render(path: Path, out_dir: Path = RENDERED) -> Path:
     body, resources = MarkdownExporter().from_notebook_node(
         nb, resources={"output_files_dir": files, "unique_key": path.stem})
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / files, ignore_errors=True)  # no figures of an older run
     for name, data in resources.get("outputs", {}).items():
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
