@@ -11,6 +11,7 @@ from escnn.nn.modules.conv.rd_convolution import get_grid_coords
 from torch import Tensor
 
 from ..kernel import FieldTypeLike, ImplicitKernel
+from ..plan import edge_kernels
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -88,13 +89,14 @@ class _ImplicitRdConv(enn.EquivariantModule):
         for per-sample attributes ``attr [B, A]``)."""
         kernel, k, d = self.kernel, self.kernel_size, self.dimension
         P = self._points.to(kernel.log_width.dtype)
+        plan = kernel.plan()  # the point convolution's plan, evaluated in plain torch
         if attr is None:
-            K = kernel(P)
+            K = edge_kernels(plan, P)
             K = K * self._inside[:, None, None]
             return K.permute(1, 2, 0).reshape(kernel.out_type.size, kernel.in_type.size,
                                               *(k,) * d)
         B = attr.shape[0]
-        K = kernel(P.repeat(B, 1), attr.repeat_interleave(P.shape[0], 0))
+        K = edge_kernels(plan, P.repeat(B, 1), attr.repeat_interleave(P.shape[0], 0))
         K = K.view(B, P.shape[0], *K.shape[1:]) * self._inside[None, :, None, None]
         return K.permute(0, 2, 3, 1).reshape(B, kernel.out_type.size, kernel.in_type.size,
                                              *(k,) * d)
@@ -179,7 +181,8 @@ class ImplicitR2Conv(_ImplicitRdConv):
             \mathbf{x}(p + o) + \mathbf{b}
 
     :math:`K_\theta` is an :class:`~pyg_implicit.ImplicitKernel` (the point
-    convolution's equivariant MLP, with its envelope and normalisation)
+    convolution's equivariant MLP, with its envelope and normalisation, lowered
+    to its plan)
     evaluated at the grid offsets :math:`\Lambda` of a ``kernel_size`` window
     (escnn's ``R2Conv`` convention: x along the width, y against the height),
     :math:`m` a disc mask (radius ``dilation * (kernel_size - 1) / 2``); then one
