@@ -76,13 +76,13 @@ model = ImplicitSteerableNet(
 print(sum(p.numel() for p in model.parameters()), "parameters")
 
 # %% [markdown]
-# ## Training: 100 steps of Adam, 16 fresh random shapes per step
+# ## Training: 200 steps of Adam, 16 fresh random shapes per step
 
 # %%
 opt = torch.optim.Adam(model.parameters(), lr=5e-3)
 losses, curve = [], []
 start = time.time()
-for step in range(1, 101):
+for step in range(1, 201):
     model.train()
     pos, batch, labels = batch_of(16, gen)
     loss = torch.nn.functional.cross_entropy(model(None, pos, batch), labels)
