@@ -340,6 +340,32 @@ struct Tile {
   }
 };
 
+// The kernel-side plan of a call; `keep` holds the contiguous (and transposed)
+// copies its pointers refer to.
+template <typename T>
+T* kept(std::vector<at::Tensor>& keep, const at::Tensor& t) {
+  keep.push_back(t.contiguous());
+  return keep.back().data_ptr<T>();
+}
+
+template <typename T>
+Plan<T> make_plan(const ConvDims& d, const PlanArgs& a, std::vector<at::Tensor>& keep) {
+  Plan<T> plan;
+  plan.dims = &d;
+  for (size_t l = 0; l < a.weights.size(); ++l) {
+    plan.W.push_back(kept<T>(keep, a.weights[l]));
+    plan.b.push_back(kept<T>(keep, a.biases[l]));
+    plan.Q.push_back(kept<T>(keep, a.samplers[l]));
+    plan.QT.push_back(kept<T>(keep, a.samplers[l].t()));
+    plan.P.push_back(kept<T>(keep, a.projectors[l]));
+    plan.M.push_back(kept<int64_t>(keep, a.fields[l]));
+    plan.Bf.push_back(kept<T>(keep, a.field_biases[l]));
+  }
+  plan.width = a.width.item<T>();
+  plan.small = small_gemm::available();
+  return plan;
+}
+
 // Fills rows/u_0/s/f for the edges [p0, p0 + n) and runs the MLP -> g.
 template <typename T>
 void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
@@ -495,26 +521,7 @@ at::Tensor point_conv_forward_cpu(
              wt = Wt.contiguous();
   std::vector<at::Tensor> keep;
   AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_forward_cpu", [&] {
-    Plan<scalar_t> plan;
-    plan.dims = &d;
-    for (size_t l = 0; l < weights.size(); ++l) {
-      keep.push_back(weights[l].contiguous());
-      plan.W.push_back(keep.back().data_ptr<scalar_t>());
-      keep.push_back(biases[l].contiguous());
-      plan.b.push_back(keep.back().data_ptr<scalar_t>());
-      keep.push_back(samplers[l].contiguous());
-      plan.Q.push_back(keep.back().data_ptr<scalar_t>());
-      keep.push_back(samplers[l].t().contiguous());
-      plan.QT.push_back(keep.back().data_ptr<scalar_t>());
-      keep.push_back(projectors[l].contiguous());
-      plan.P.push_back(keep.back().data_ptr<scalar_t>());
-      keep.push_back(fields[l].contiguous());
-      plan.M.push_back(keep.back().data_ptr<int64_t>());
-      keep.push_back(field_biases[l].contiguous());
-      plan.Bf.push_back(keep.back().data_ptr<scalar_t>());
-    }
-    plan.width = width.item<scalar_t>();
-    plan.small = small_gemm::available();
+    const Plan<scalar_t> plan = make_plan<scalar_t>(d, args, keep);
     forward_impl<scalar_t>(d, plan, rp.data_ptr<int64_t>(),
                            cl.data_ptr<int64_t>(), xs.data_ptr<scalar_t>(),
                            ps.data_ptr<scalar_t>(), pd.data_ptr<scalar_t>(),
@@ -818,26 +825,7 @@ BackwardResult point_conv_backward_cpu(
     at::Tensor dxe = need.pos_src ? at::empty({d.num_edges, d.d}, opts) : at::Tensor();
     std::vector<at::Tensor> keep;
     AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_backward_cpu", [&] {
-      Plan<scalar_t> plan;
-      plan.dims = &d;
-      for (size_t l = 0; l < weights.size(); ++l) {
-        keep.push_back(weights[l].contiguous());
-        plan.W.push_back(keep.back().data_ptr<scalar_t>());
-        keep.push_back(biases[l].contiguous());
-        plan.b.push_back(keep.back().data_ptr<scalar_t>());
-        keep.push_back(samplers[l].contiguous());
-        plan.Q.push_back(keep.back().data_ptr<scalar_t>());
-        keep.push_back(samplers[l].t().contiguous());
-        plan.QT.push_back(keep.back().data_ptr<scalar_t>());
-        keep.push_back(projectors[l].contiguous());
-        plan.P.push_back(keep.back().data_ptr<scalar_t>());
-        keep.push_back(fields[l].contiguous());
-        plan.M.push_back(keep.back().data_ptr<int64_t>());
-        keep.push_back(field_biases[l].contiguous());
-        plan.Bf.push_back(keep.back().data_ptr<scalar_t>());
-      }
-      plan.width = width.item<scalar_t>();
-      plan.small = small_gemm::available();
+      const Plan<scalar_t> plan = make_plan<scalar_t>(d, args, keep);
       auto ptr_or_null = [](const at::Tensor& t) {
         return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
       };
