@@ -28,7 +28,7 @@ from ._exact import (ExactLinearBases, InjectiveGather, dense_gather, dense_gath
                      expand_bias, expand_linear, fourier_masters, injective_gather_inverse,
                      linear_blocks, restore_masters, sparse_bias_index)
 from .nonlinearities import build_hidden_block, default_kind, instantiate_irreps
-from .plan import LAYER_KINDS, KernelPlan, edge_kernels, envelope, lift
+from .plan import KernelPlan, edge_kernels, envelope, lift
 
 FieldTypeLike = Union[enn.FieldType, Sequence[Representation], None]
 
@@ -319,8 +319,7 @@ class ImplicitKernel(torch.nn.Module):
             m, bf = block.field_map(), block.field_biases()
             fields.append(m if m is not None else self._vec_index.new_empty(0))
             field_biases.append(bf if bf is not None else empty)
-            kinds.append(LAYER_KINDS[block.kind] if block.kind in LAYER_KINDS else
-                         LAYER_KINDS["fourier" if Q is not None else "pointwise"])
+            kinds.append(block.layer_kind)
         last = len(self.linears)
         source = torch.cat([linear_blocks(self.last),
                             expand_bias(self.last, *self._bias_index(last))])

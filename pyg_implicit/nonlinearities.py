@@ -33,11 +33,9 @@ from escnn import group as egroup
 from escnn import nn as enn
 from escnn.group import Group, GroupElement
 
-from .plan import ACTIVATIONS
+from .plan import ACTIVATIONS, LAYER_KINDS
 
 NONLINEARITIES = ("auto", "fourier", "quotient", "regular", "gated", "norm")
-#: kinds exactly equivariant for every element of every group
-EXACT_NONLINEARITIES = ("gated", "norm", "regular")
 _ESCNN_FUNCTIONS = {"elu": "p_elu", "relu": "p_relu", "tanh": "p_tanh",
                     "sigmoid": "p_sigmoid", "silu": "p_relu"}
 # functions escnn has no name for: its module is built with a named one and then
@@ -63,6 +61,13 @@ class HiddenBlock:
     def sampler_projector(self):
         """``(Q, P)`` of the plan, or ``(None, None)`` for a pointwise function."""
         return getattr(self.module, "A", None), getattr(self.module, "Ainv", None)
+
+    @property
+    def layer_kind(self) -> int:
+        """The plan's layer kind (``LAYER_KINDS``) of this block."""
+        if self.kind in ("gated", "norm"):
+            return LAYER_KINDS[self.kind]
+        return LAYER_KINDS["fourier" if self.kind in ("fourier", "quotient") else "pointwise"]
 
     def field_map(self) -> Optional[torch.Tensor]:
         """``fields[l]`` of the plan (gated/norm): -1 for a trivial channel, else the

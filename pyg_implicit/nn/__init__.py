@@ -19,7 +19,8 @@ from .models import ImplicitSteerableNet
 from .nonlinearity import EquivariantNonlinearity, gated_input_type
 from .norm import EquivariantBatchNorm, EquivariantLayerNorm
 
-__all__ = ["ImplicitPointConv", "ImplicitR2Conv", "ImplicitR3Conv", "EquivariantNonlinearity", "gated_input_type",
+__all__ = ["ImplicitPointConv", "ImplicitR2Conv", "ImplicitR3Conv",
+           "EquivariantNonlinearity", "gated_input_type",
            "EquivariantBatchNorm", "EquivariantLayerNorm", "EquivariantLinear",
            "ScalarEmbedding", "InvariantMap", "EquivariantGlobalPool", "ResidualBlock",
            "ImplicitSteerableNet", "field_type"]

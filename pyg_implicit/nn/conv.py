@@ -13,6 +13,7 @@ from torch_geometric.nn import MessagePassing
 from ..kernel import FieldTypeLike, ImplicitKernel
 from ..plan import KernelPlan, edge_kernels, hidden_features
 from . import _checks
+from .fields import trivial_channels
 
 BACKENDS = ("auto", "reference", "factorized", "fused")
 PairTensor = Tuple[Tensor, Tensor]
@@ -98,12 +99,9 @@ class ImplicitPointConv(MessagePassing):
         self.in_type, self.out_type = in_type, out_type
         self.in_channels, self.out_channels = in_type.size, out_type.size
         self.backend = backend
-        trivial = [i for i, rep in enumerate(out_type.representations) if rep.is_trivial()]
-        bias_index = torch.tensor([int(out_type.fields_start[i]) for i in trivial],
-                                  dtype=torch.long)
-        self.register_buffer("bias_index", bias_index, persistent=False)
-        if bias and len(trivial) > 0:
-            self.bias = torch.nn.Parameter(torch.zeros(len(trivial)))
+        self.register_buffer("bias_index", trivial_channels(out_type), persistent=False)
+        if bias and len(self.bias_index) > 0:
+            self.bias = torch.nn.Parameter(torch.zeros(len(self.bias_index)))
         else:
             self.register_parameter("bias", None)
         self._csr_cache = None

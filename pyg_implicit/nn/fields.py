@@ -47,6 +47,11 @@ def field_channels(ftype: enn.FieldType, fields: List[int]) -> Tensor:
     return torch.tensor(idx, dtype=torch.long)
 
 
+def trivial_channels(ftype: enn.FieldType) -> Tensor:
+    """The channels of the trivial fields (where a layer may add a bias), in order."""
+    return field_channels(ftype, [i for i, t in enumerate(trivial_field_mask(ftype)) if t])
+
+
 def field_index(ftype: enn.FieldType) -> Tensor:
     """``[C]``: the field of each channel."""
     return torch.repeat_interleave(torch.arange(len(ftype)),

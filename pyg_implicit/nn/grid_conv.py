@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..kernel import FieldTypeLike, ImplicitKernel
 from ..plan import edge_kernels
+from .fields import trivial_channels
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -60,11 +61,9 @@ class _ImplicitRdConv(enn.EquivariantModule):
         self.kernel = ImplicitKernel(in_type, out_type, attr_type, hidden_channels,
                                      hidden_layers, width=width,
                                      num_neighbors=float(inside.sum()), **kwargs)
-        trivial = [i for i, rep in enumerate(out_type.representations) if rep.is_trivial()]
-        self.register_buffer("bias_index", torch.tensor(
-            [int(out_type.fields_start[i]) for i in trivial], dtype=torch.long),
-            persistent=False)
-        self.bias = torch.nn.Parameter(torch.zeros(len(trivial))) if bias and trivial else None
+        self.register_buffer("bias_index", trivial_channels(out_type), persistent=False)
+        self.bias = torch.nn.Parameter(torch.zeros(len(self.bias_index))) \
+            if bias and len(self.bias_index) else None
         self._filter_cache = None
         self.reset_parameters()
 
@@ -90,16 +89,13 @@ class _ImplicitRdConv(enn.EquivariantModule):
         kernel, k, d = self.kernel, self.kernel_size, self.dimension
         P = self._points.to(kernel.log_width.dtype)
         plan = kernel.plan()  # the point convolution's plan, evaluated in plain torch
-        if attr is None:
-            K = edge_kernels(plan, P)
-            K = K * self._inside[:, None, None]
-            return K.permute(1, 2, 0).reshape(kernel.out_type.size, kernel.in_type.size,
-                                              *(k,) * d)
-        B = attr.shape[0]
-        K = edge_kernels(plan, P.repeat(B, 1), attr.repeat_interleave(P.shape[0], 0))
+        B = 1 if attr is None else attr.shape[0]
+        K = edge_kernels(plan, P.repeat(B, 1),
+                         None if attr is None else attr.repeat_interleave(P.shape[0], 0))
         K = K.view(B, P.shape[0], *K.shape[1:]) * self._inside[None, :, None, None]
-        return K.permute(0, 2, 3, 1).reshape(B, kernel.out_type.size, kernel.in_type.size,
-                                             *(k,) * d)
+        K = K.permute(0, 2, 3, 1).reshape(B, kernel.out_type.size, kernel.in_type.size,
+                                          *(k,) * d)
+        return K[0] if attr is None else K
 
     def forward(self, input: enn.GeometricTensor, attr: Optional[Tensor] = None
                 ) -> enn.GeometricTensor:
