@@ -11,6 +11,7 @@ ESCNN_PIN   := escnn==1.0.11
 PYG_EXT     := torch-scatter==2.1.2 torch-cluster==1.6.3
 DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
+BENCH_STAMP := $(VENV)/.bench-deps-stamp
 CUDA_HOME   ?= $(shell $(PYTHON) csrc/find_cuda_home.py 2>/dev/null)
 export CUDA_HOME
 CSRC        := $(shell find csrc -type f 2>/dev/null)
@@ -58,8 +59,15 @@ test: build
 test-cuda-emulated: build
 	$(VPY) csrc/cuda/emulate_on_cpu.py
 
-bench: build
+$(BENCH_STAMP): $(DEPS_STAMP) benchmarks/requirements.txt
+	$(PIP) install $(TORCH_PIN) -r benchmarks/requirements.txt
+	touch $@
+
+# The microbenchmark (reference / factorized / fused), then the peers
+# (e3nn, escnn) side by side at configuration M: benchmarks/results/.
+bench: build $(BENCH_STAMP)
 	$(VPY) benchmarks/bench_conv.py
+	$(VPY) benchmarks/bench_conv.py --peers
 
 clean:
 	rm -rf build *.egg-info pyg_implicit/_C*.so $(BUILD_STAMP)

@@ -14,10 +14,21 @@ JSON, Markdown and a PNG plot.
 A variant ``backend:nonlinearity`` (e.g. ``fused:gated``) builds the layer's
 kernel MLP with that nonlinearity (default: the group's ``auto``, Fourier for
 O(3)/SO(2)); ``--name`` sets the file names of the results.
+
+``--peers`` compares the layer with other libraries' O(3) point convolutions at
+matched irreps/field types (``benchmarks/peers.py``: e3nn's recipe, escnn's
+``R3PointConv``; docs/design.md §4a): one process builds every variant on the
+same graph and times them interleaved (round-robin over ``--reps`` rounds, so
+load on the machine hits all alike); peak memory is measured for each variant in
+a process of its own. Ratios are relative to e3nn. Results:
+``benchmarks/results/bench_peers.{json,md,png}``.
+
+    python benchmarks/bench_conv.py --peers [--configs M] [--variants fused,fused:gated,e3nn,escnn]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -37,6 +48,8 @@ CONFIGS = {
     "2D": dict(nodes=20_000, k=16, group="SO2", repeats=8, dim=2),
 }
 VARIANTS = ("reference", "factorized", "fused")
+PEER_VARIANTS = ("e3nn", "escnn")
+PEERS_DEFAULT = "fused,fused:gated,e3nn,escnn"
 
 
 # ---------------------------------------------------------------- worker side
@@ -79,6 +92,23 @@ def build(config: str, seed: int = 0, nonlinearity: str = "auto"):
     return conv, x, pos, edge_index
 
 
+def build_variant(config: str, variant: str, seed: int = 0):
+    """The module of ``variant`` (``backend[:nonlinearity]`` or a peer) and its inputs."""
+    backend, _, nonlinearity = variant.partition(":")
+    conv, x, pos, edge_index = build(config, seed, nonlinearity or "auto")
+    if backend in VARIANTS:
+        conv.backend = backend
+        return conv, x, pos, edge_index
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers
+    if CONFIGS[config]["group"] != "O3":
+        raise ValueError(f"peer {backend!r} needs an O(3) configuration, got {config!r}")
+    radius = peers.matched_max_radius(pos, edge_index)
+    peer = peers.build_peer(backend, conv.in_type, conv.out_type, band_limit=2, width=radius,
+                            num_neighbors=CONFIGS[config]["k"], max_radius=radius)
+    return peer, x, pos, edge_index
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -96,21 +126,26 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def worker(config: str, variant: str, reps: int, warmup: int) -> dict:
+def _passes(module, x, pos, edge_index):
     import torch
-    backend, _, nonlinearity = variant.partition(":")
-    conv, x, pos, edge_index = build(config, nonlinearity=nonlinearity or "auto")
-    conv.backend = backend
-    pos.requires_grad_(True)
-    x.requires_grad_(True)
 
     def forward():
         with torch.no_grad():
-            conv(x, pos, edge_index)
+            module(x, pos, edge_index)
 
     def forward_backward():
-        out = conv(x, pos, edge_index)
+        out = module(x, pos, edge_index)
         out.backward(torch.ones_like(out))
+    return forward, forward_backward
+
+
+def worker(config: str, variant: str, reps: int, warmup: int) -> dict:
+    """Peak memory of one forward+backward and (reps > 0) median times of one variant."""
+    import torch
+    module, x, pos, edge_index = build_variant(config, variant)
+    pos.requires_grad_(True)
+    x.requires_grad_(True)
+    forward, forward_backward = _passes(module, x, pos, edge_index)
 
     # peak memory of one forward+backward, on top of what is allocated now
     import gc
@@ -121,9 +156,9 @@ def worker(config: str, variant: str, reps: int, warmup: int) -> dict:
     forward_backward()
     peak_mib = (_rss_kib("VmHWM") - base) / 1024 if peak_ok else float("nan")
 
-    times = {}
+    times = {"forward": [], "forward_backward": []}
     for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
-        for _ in range(warmup):
+        for _ in range(warmup if reps else 0):
             fn()
         samples = []
         for _ in range(reps):
@@ -134,23 +169,56 @@ def worker(config: str, variant: str, reps: int, warmup: int) -> dict:
     return {
         "config": config, "variant": variant, "edges": int(edge_index.shape[1]),
         "nodes": int(x.shape[0]), "channels": int(x.shape[1]),
-        "hidden_dim": int(conv.kernel.hidden_type.size),
-        "forward_s": statistics.median(times["forward"]),
-        "forward_backward_s": statistics.median(times["forward_backward"]),
+        "hidden_dim": int(module.kernel.hidden_type.size) if hasattr(module, "kernel") else None,
+        "forward_s": statistics.median(times["forward"]) if reps else None,
+        "forward_backward_s": statistics.median(times["forward_backward"]) if reps else None,
         "forward_samples": times["forward"], "forward_backward_samples": times["forward_backward"],
         "peak_extra_mib": peak_mib, "threads": torch.get_num_threads(),
     }
 
 
+def interleaved_worker(config: str, variants: list, reps: int, warmup: int) -> list:
+    """Times every variant in this one process, round-robin: each round runs each
+    variant's forward, then each variant's forward+backward."""
+    import torch
+    built = {}
+    for v in variants:
+        module, x, pos, edge_index = build_variant(config, v)
+        if built:  # every variant sees the very same graph and features
+            x, pos, edge_index = first[1:]
+        else:
+            x.requires_grad_(True)
+            pos.requires_grad_(True)
+            first = (module, x, pos, edge_index)
+        built[v] = _passes(module, x, pos, edge_index)
+    samples = {v: {"forward": [], "forward_backward": []} for v in variants}
+    for rnd in range(warmup + reps):
+        for k, name in enumerate(("forward", "forward_backward")):
+            for v in variants:
+                t0 = time.perf_counter()
+                built[v][k]()
+                if rnd >= warmup:
+                    samples[v][name].append(time.perf_counter() - t0)
+    edge_index = first[3]
+    return [{"config": config, "variant": v, "edges": int(edge_index.shape[1]),
+             "nodes": int(first[1].shape[0]), "channels": int(first[1].shape[1]),
+             "forward_s": statistics.median(samples[v]["forward"]),
+             "forward_backward_s": statistics.median(samples[v]["forward_backward"]),
+             "forward_samples": samples[v]["forward"],
+             "forward_backward_samples": samples[v]["forward_backward"],
+             "threads": torch.get_num_threads()} for v in variants]
+
+
 # ---------------------------------------------------------------- driver side
-def run_worker(config, variant, reps, warmup, timeout):
-    cmd = [sys.executable, __file__, "--worker", "--configs", config, "--variants", variant,
-           "--reps", str(reps), "--warmup", str(warmup)]
+def run_worker(config, variant, reps, warmup, timeout, interleaved=False):
+    cmd = [sys.executable, __file__, "--interleaved-worker" if interleaved else "--worker",
+           "--configs", config, "--variants", variant, "--reps", str(reps),
+           "--warmup", str(warmup)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"config": config, "variant": variant, "error": f"timeout after {timeout}s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"config": config, "variant": variant, "error": " | ".join(tail)}
@@ -182,6 +250,38 @@ def markdown(rows, meta) -> str:
     return "\n".join(out) + "\n"
 
 
+def peers_markdown(rows, meta) -> str:
+    out = [f"# Point convolutions side by side ({meta['machine']})", "",
+           f"{meta['date']}, torch {meta['torch']}, {meta['threads']} threads. Times: median "
+           f"of {meta['reps']} rounds after {meta['warmup']} warm-up, all variants in one "
+           "process, interleaved; peak extra memory of one forward+backward, each variant "
+           "in its own process. Ratios against e3nn and escnn measured in this run: their "
+           "time / variant time, their peak / variant peak (higher is better).", "",
+           "| config | E | variant | forward [s] | fwd+bwd [s] | peak extra mem [MiB] "
+           "| fwd vs e3nn | fwd+bwd vs e3nn | memory vs e3nn | fwd+bwd vs escnn "
+           "| memory vs escnn |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["config"], r["variant"]): r for r in rows if "error" not in r}
+
+    def ratio(r, peer, key):
+        b = base.get((r["config"], peer))
+        if not b or not r.get(key) or b.get(key) is None or r[key] != r[key]:
+            return "n/a"
+        return f"{b[key] / r[key]:.2f}x"
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['config']} | | {r['variant']} | error: {r['error']} |"
+                       + " |" * 7)
+            continue
+        out.append(f"| {r['config']} | {r['edges']:,} | {r['variant']} | {r['forward_s']:.3f} | "
+                   f"{r['forward_backward_s']:.3f} | {r['peak_extra_mib']:.0f} | "
+                   f"{ratio(r, 'e3nn', 'forward_s')} | {ratio(r, 'e3nn', 'forward_backward_s')} | "
+                   f"{ratio(r, 'e3nn', 'peak_extra_mib')} | "
+                   f"{ratio(r, 'escnn', 'forward_backward_s')} | "
+                   f"{ratio(r, 'escnn', 'peak_extra_mib')} |")
+    return "\n".join(out) + "\n"
+
+
 def plot(rows, path):
     try:
         import matplotlib
@@ -210,27 +310,69 @@ def plot(rows, path):
     return True
 
 
+def run_peers(configs, variants, args) -> list:
+    """Interleaved timing of all variants in one process, then each one's peak memory
+    in a process of its own."""
+    missing = [v for v in variants if v in PEER_VARIANTS and importlib.util.find_spec(v) is None]
+    if missing:
+        print(f"note: {', '.join(missing)} not installed (pip install -r "
+              f"benchmarks/requirements.txt); skipping them")
+        variants = [v for v in variants if v not in missing]
+    rows = []
+    for c in configs:
+        print(f"[peers] {c}: timing {', '.join(variants)} interleaved ...", flush=True)
+        timed = run_worker(c, ",".join(variants), args.reps, args.warmup, args.timeout,
+                           interleaved=True)
+        if isinstance(timed, dict):  # the worker failed
+            rows += [dict(timed, variant=v) for v in variants]
+            print(f"  error: {timed['error']}")
+            continue
+        for row in timed:
+            print(f"[peers] {c} {row['variant']}: peak memory ...", flush=True)
+            peak = run_worker(c, row["variant"], 0, 0, args.timeout)
+            row["peak_extra_mib"] = peak.get("peak_extra_mib", float("nan"))
+            if "error" in peak:
+                row["peak_error"] = peak["error"]
+            print(f"  forward {row['forward_s']:.3f}s  fwd+bwd {row['forward_backward_s']:.3f}s"
+                  f"  peak +{row['peak_extra_mib']:.0f} MiB", flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default="S,2D,M")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--configs", default=None, help="default S,2D,M (--peers: M)")
+    parser.add_argument("--variants", default=None)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=1800, help="per worker, seconds")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--name", default="bench_conv", help="stem of the result files")
+    parser.add_argument("--name", default=None,
+                        help="stem of the result files (default bench_conv / bench_peers)")
+    parser.add_argument("--peers", action="store_true",
+                        help="compare with e3nn and escnn (default configs M, variants "
+                             f"{PEERS_DEFAULT}; results bench_peers.*)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # defaults depend on the mode
+    args.configs = args.configs or ("M" if args.peers else "S,2D,M")
+    args.variants = args.variants or (PEERS_DEFAULT if args.peers else ",".join(VARIANTS))
+    args.name = args.name or ("bench_peers" if args.peers else "bench_conv")
     configs, variants = args.configs.split(","), args.variants.split(",")
     for c in configs:
         if c not in CONFIGS:
             parser.error(f"unknown config {c!r}; choose from {list(CONFIGS)}")
     for v in variants:
-        if v.partition(":")[0] not in VARIANTS:
+        if v.partition(":")[0] not in VARIANTS + PEER_VARIANTS:
             parser.error(f"unknown variant {v!r}; choose from {list(VARIANTS)} "
-                         f"(optionally with ':<nonlinearity>')")
+                         f"(optionally with ':<nonlinearity>') or the peers "
+                         f"{list(PEER_VARIANTS)}")
     if args.worker:
         print(json.dumps(worker(configs[0], variants[0], args.reps, args.warmup)))
+        return
+    if args.interleaved_worker:
+        print(json.dumps(interleaved_worker(configs[0], variants, args.reps, args.warmup)))
         return
 
     import torch
@@ -238,8 +380,11 @@ def main(argv=None):
     if "fused" in variants and not ops.is_available():
         print("note: the compiled extension is not available; skipping the fused variant")
         variants = [v for v in variants if v.partition(":")[0] != "fused"]
-    rows = []
-    for c in configs:
+    if args.peers:
+        rows = run_peers(configs, variants, args)
+    else:
+        rows = []
+    for c in configs if not args.peers else ():
         for v in variants:
             print(f"[bench] {c} {v} ...", flush=True)
             row = run_worker(c, v, args.reps, args.warmup, args.timeout)
@@ -256,7 +401,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    table = markdown(rows, meta)
+    table = (peers_markdown if args.peers else markdown)(rows, meta)
     (out / f"{args.name}.md").write_text(table)
     plot(rows, out / f"{args.name}.png")
     print()

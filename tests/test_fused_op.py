@@ -83,10 +83,11 @@ def leaf(t, dtype, device, noncontig):
 
 
 def run_both(x, ps, pd, ea, ei, plan, dtype, device="cpu", int32=False, noncontig=False,
-             seed=0):
+             seed=0, constant_grid=False):
     """Forward and all gradients of the fused op (dtype, device) and of the
     float64 oracle on the CPU, on the same dtype-rounded inputs; results on
-    the CPU."""
+    the CPU. ``constant_grid``: samplers and projectors need no gradient (as in
+    ImplicitKernel, where they are buffers; the CPU kernels then take another path)."""
     g = torch.Generator().manual_seed(seed + 1)
     n_dst = pd.shape[0]
     R = torch.randn(n_dst, plan.out_channels, generator=g, dtype=torch.float64)
@@ -97,8 +98,9 @@ def run_both(x, ps, pd, ea, ei, plan, dtype, device="cpu", int32=False, nonconti
     for variant in ("fused", "ref"):
         dt, dev = (dtype, device) if variant == "fused" else (torch.float64, "cpu")
         p = plan.to(device=dev, dtype=dt)
+        grid = {id(t) for t in list(p.samplers) + list(p.projectors)} if constant_grid else set()
         for t in p.tensors():
-            t.requires_grad_(True)
+            t.requires_grad_(id(t) not in grid)
         xl, xv = leaf(x, dt, dev, noncontig)
         psl, psv = leaf(ps, dt, dev, noncontig)
         pdl, pdv = leaf(pd, dt, dev, noncontig)
@@ -115,11 +117,13 @@ def run_both(x, ps, pd, ea, ei, plan, dtype, device="cpu", int32=False, nonconti
         else:
             out = reference_conv(xv, psv, pdv, eav, ei, p)
         params = p.tensors()
+        grads = [None] * len(inputs + params)  # None: no gradient (also the E = 0 reference)
         if out.requires_grad:
-            grads = torch.autograd.grad((out * R.to(device=dev, dtype=dt)).sum(),
-                                        inputs + params, allow_unused=True)
-        else:  # the E = 0 reference
-            grads = [None] * len(inputs + params)
+            want = [k for k, t in enumerate(inputs + params) if t.requires_grad]
+            got = torch.autograd.grad((out * R.to(device=dev, dtype=dt)).sum(),
+                                      [(inputs + params)[k] for k in want], allow_unused=True)
+            for k, gr in zip(want, got):
+                grads[k] = gr
         results.append((out.detach().cpu(), [None if gr is None else gr.detach().cpu()
                                              for gr in grads]))
     results.append(dict(num_inputs=len(inputs),
@@ -336,6 +340,75 @@ def test_plan_variants(device, variant, dtype):
                        lift_degree=spec.get("lift", 1))
     assert_results_close(run_both(x, ps, pd, ea, ei, plan, dtype, device, noncontig=True),
                          dtype, what=variant)
+
+
+#: Fourier layers of the CPU register kernels (csrc/cpu/fourier_rows.h): every
+#: padded width N (3, 4, 5, 8, 9, 12, 16, F != F'), ELU and ReLU, odd and even grids,
+#: a first layer folded into its sampler (input + 1 < F: d = 3 without attributes)
+REGISTER_SPECS = {
+    "folded_n9_elu": dict(attr=0, layers=(("fourier", "elu", 3, 9, 13, 9),
+                                          ("fourier", "elu", 2, 9, 12, 9))),
+    "folded_n8_relu_then_n3": dict(attr=0, layers=(("fourier", "relu", 2, 7, 10, 5),
+                                                   ("fourier", "elu", 3, 3, 5, 3))),
+    "folded_lift2_n16": dict(attr=0, lift=2, layers=(("fourier", "elu", 2, 16, 21, 16),)),
+    "n4_n5_attr": dict(attr=2, layers=(("fourier", "elu", 3, 4, 7, 4),
+                                       ("fourier", "relu", 2, 5, 8, 5))),
+    "n12_pointwise_mixed": dict(attr=1, layers=(("pointwise", "silu", 6),
+                                                ("fourier", "elu", 2, 12, 15, 10),
+                                                ("fourier", "tanh", 2, 3, 5, 2))),
+}
+
+
+@on_cpu_kernels
+@pytest.mark.parametrize("spec", list(REGISTER_SPECS))
+@pytest.mark.parametrize("registers", ["1", "0"])
+@DTYPES
+def test_cpu_fourier_register_kernels(device, spec, registers, dtype, monkeypatch):
+    """The Fourier layers on AVX-512 registers (PYG_IMPLICIT_CPU_FOURIER_ROWS=1, the
+    default where the CPU has AVX-512) and on the row kernels (=0) match the
+    reference, forward and backward, with constant samplers/projectors (the
+    backward's register path) and with their gradients requested (row kernels)."""
+    monkeypatch.setenv("PYG_IMPLICIT_CPU_FOURIER_ROWS", registers)
+    sp = REGISTER_SPECS[spec]
+    g = torch.Generator().manual_seed(5)
+    n, d = 45, 3
+    ei = random_edge_index(n, n, 333, 7, self_loops=True)  # 333 edges: ragged tiles
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    pos = torch.rand(n, d, generator=g, dtype=torch.float64)
+    ea = torch.randn(ei.shape[1], sp["attr"], generator=g, dtype=torch.float64) \
+        if sp["attr"] else None
+    plan = random_plan(d=d, attr=sp["attr"], c_in=3, c_out=2, layers=sp["layers"], seed=4,
+                       lift_degree=sp.get("lift", 1))
+    for constant_grid in (True, False):
+        assert_results_close(run_both(x, pos, pos, ea, ei, plan, dtype, device,
+                                      constant_grid=constant_grid),
+                             dtype, what=f"{spec} constant_grid={constant_grid}")
+
+
+@on_cpu_kernels
+@pytest.mark.parametrize("registers", ["1", "0"])
+def test_cpu_fourier_layers_propagate_nan_and_saturate(device, registers, monkeypatch):
+    """A NaN edge vector gives NaN in its target row only (as the reference); huge
+    negative samples give ELU's -1, not NaN or garbage (the exponential's clamp)."""
+    from pyg_implicit.ops import build_csr, fused_point_conv
+    monkeypatch.setenv("PYG_IMPLICIT_CPU_FOURIER_ROWS", registers)
+    plan = random_plan(d=3, attr=0, c_in=2, c_out=2, seed=1,
+                       layers=(("fourier", "elu", 2, 9, 12, 9),))
+    ei = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
+    x = torch.ones(4, 2, dtype=torch.float64)
+    pos = torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pos[0, 0] = float("nan")
+    out = fused_point_conv(x, pos, pos, None, build_csr(ei, 4), plan)
+    ref = reference_conv(x, pos, pos, None, ei, plan)
+    assert torch.isnan(out[:2]).all() and torch.isnan(ref[:2]).all()
+    torch.testing.assert_close(out[2:], ref[2:], rtol=1e-10, atol=1e-12)
+    # samples of about -1e30: elu = -1 exactly; finite output, equal to the reference
+    pos = torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    big = dataclasses.replace(plan, biases=[plan.biases[0] - 1e30])
+    out = fused_point_conv(x, pos, pos, None, build_csr(ei, 4), big)
+    ref = reference_conv(x, pos, pos, None, ei, big)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
 @on_every_backend

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "point_conv.h"
+#include "fourier_rows.h"
 #include "small_gemm.h"
 
 // Fortran BLAS exported by libtorch_cpu (MKL or OpenBLAS).  Declared weak so
@@ -59,6 +60,17 @@ bool small_gemm::available() {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
   return ok;
+}
+#endif
+#ifdef PYGI_FOURIER_ROWS
+bool fourier_rows::available() {
+  static const bool hw = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  }();
+  const char* v = std::getenv("PYG_IMPLICIT_CPU_FOURIER_ROWS");
+  return hw && !(v != nullptr && v[0] == '0');
 }
 #endif
 
@@ -297,6 +309,14 @@ struct Plan {
   std::vector<const T*> QT;  // samplers transposed: [F, G]
   std::vector<const int64_t*> M;  // field maps (gated / norm layers)
   std::vector<const T*> Bf;       // field biases (norm layers)
+  // Fourier layers on the register kernels of fourier_rows.h: their width N
+  // (0: row kernels) and Q, P^T padded to [G, N]
+  std::vector<int> fr_n;
+  std::vector<const T*> Qp, PTp;
+  // a first Fourier layer folded into its sampler (fourier_rows.h): the padded
+  // input width (0: not folded) and [Q W_f, Q b_f] per field, [fields, G, IN + 1]
+  int fold_in = 0;
+  const T* QWb = nullptr;
   T width;
   bool small = false;        // use the small_gemm row kernels
 };
@@ -313,6 +333,7 @@ struct Tile {
   std::vector<T> g;                 // [n, H + 1]
   std::vector<T> f;                 // gathered x_src rows [n, C_in]
   std::vector<T> scratch;           // norm layers: 2 x fields of one edge
+  std::vector<T> grid;              // fourier_rows backward: G x 16
 
   Tile(const ConvDims& d, int64_t tile) : cap(tile) {
     const int64_t L = static_cast<int64_t>(d.layers.size());
@@ -329,6 +350,7 @@ struct Tile {
       u[l + 1].resize(tile * ld.out);
       z[l].resize(tile * ld.pre);
       if (ld.fourier) {
+        grid.resize(std::max<size_t>(grid.size(), ld.G * 16));
         Y[l].resize(tile * ld.fields * ld.G);
         if (derivative_reads_input(ld.act)) S[l].resize(tile * ld.fields * ld.G);
       }
@@ -348,11 +370,30 @@ T* kept(std::vector<at::Tensor>& keep, const at::Tensor& t) {
   return keep.back().data_ptr<T>();
 }
 
+// grid_grads: the call computes the gradients of samplers or projectors (the
+// Fourier layers then keep the row kernels, which see every grid sample).
 template <typename T>
-Plan<T> make_plan(const ConvDims& d, const PlanArgs& a, std::vector<at::Tensor>& keep) {
+Plan<T> make_plan(const ConvDims& d, const PlanArgs& a, std::vector<at::Tensor>& keep,
+                  bool grid_grads) {
   Plan<T> plan;
   plan.dims = &d;
+  const bool registers = !grid_grads && fourier_rows::available();
   for (size_t l = 0; l < a.weights.size(); ++l) {
+    const LayerDims& ld = d.layers[l];
+    const int n = ld.fourier && registers && fourier_rows::supports_activation(ld.act)
+                      ? fourier_rows::padded_width(ld.F, ld.Fp) : 0;
+    plan.fr_n.push_back(n);
+    if (n > 0) {
+      at::Tensor qp = at::zeros({ld.G, n}, a.samplers[l].options());
+      at::Tensor ptp = at::zeros({ld.G, n}, a.projectors[l].options());
+      qp.narrow(1, 0, ld.F).copy_(a.samplers[l]);
+      ptp.narrow(1, 0, ld.Fp).copy_(a.projectors[l].t());
+      plan.Qp.push_back(kept<T>(keep, qp));
+      plan.PTp.push_back(kept<T>(keep, ptp));
+    } else {
+      plan.Qp.push_back(nullptr);
+      plan.PTp.push_back(nullptr);
+    }
     plan.W.push_back(kept<T>(keep, a.weights[l]));
     plan.b.push_back(kept<T>(keep, a.biases[l]));
     plan.Q.push_back(kept<T>(keep, a.samplers[l]));
@@ -361,17 +402,30 @@ Plan<T> make_plan(const ConvDims& d, const PlanArgs& a, std::vector<at::Tensor>&
     plan.M.push_back(kept<int64_t>(keep, a.fields[l]));
     plan.Bf.push_back(kept<T>(keep, a.field_biases[l]));
   }
+  if (!d.layers.empty() && plan.fr_n[0] > 0) {
+    const LayerDims& ld = d.layers[0];
+    plan.fold_in = fourier_rows::folded_width(ld.in, ld.F);
+    if (plan.fold_in > 0) {
+      const at::Tensor& Q = a.samplers[0];
+      at::Tensor qwb = at::zeros({ld.fields, ld.G, plan.fold_in + 1}, Q.options());
+      qwb.narrow(2, 0, ld.in).copy_(at::matmul(Q, a.weights[0].reshape({ld.fields, ld.F, ld.in})));
+      qwb.select(2, plan.fold_in).copy_(at::matmul(a.biases[0].reshape({ld.fields, ld.F}), Q.t()));
+      plan.QWb = kept<T>(keep, qwb);
+    }
+  }
   plan.width = a.width.item<T>();
   plan.small = small_gemm::available();
   return plan;
 }
 
 // Fills rows/u_0/s/f for the edges [p0, p0 + n) and runs the MLP -> g.
+// keep_pre: every layer's pre-activation z is formed (the backward reads them;
+// the forward may skip the first layer's when it is folded).
 template <typename T>
 void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
                   int64_t& row, const int64_t* rowptr, const int64_t* col,
                   const T* x_src, const T* pos_src, const T* pos_dst,
-                  const T* edge_attr) {
+                  const T* edge_attr, bool keep_pre) {
   const ConvDims& d = *plan.dims;
   const int64_t D = d.d, A = d.attr, H0 = d.h0, X = d.lifted, C = d.c_in;
   const T inv_w2 = T(1) / (plan.width * plan.width);
@@ -397,11 +451,26 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
     const LayerDims& ld = d.layers[l];
     T* zp = tl.z[l].data();
     const T* bl = plan.b[l];
-    for (int64_t t = 0; t < n; ++t) std::memcpy(zp + t * ld.pre, bl, sizeof(T) * ld.pre);
-    gemm<T>(false, true, n, ld.pre, ld.in, T(1), tl.u[l].data(), ld.in,
-            plan.W[l], ld.in, T(1), zp, ld.pre);
+    const bool folded = l == 0 && plan.fold_in > 0;
+    if (keep_pre || !folded) {
+      for (int64_t t = 0; t < n; ++t) std::memcpy(zp + t * ld.pre, bl, sizeof(T) * ld.pre);
+      gemm<T>(false, true, n, ld.pre, ld.in, T(1), tl.u[l].data(), ld.in,
+              plan.W[l], ld.in, T(1), zp, ld.pre);
+    }
+    if (folded) {  // make_plan folds only what forward_folded instantiates
+      const bool done = fourier_rows::forward_folded<T>(
+          plan.fr_n[0], plan.fold_in, ld.act, n, ld.fields, ld.in, ld.Fp, ld.G,
+          tl.u[0].data(), ld.in, plan.QWb, plan.PTp[0], tl.u[1].data(), ld.out);
+      TORCH_INTERNAL_ASSERT(done, "point_conv: folded first layer not instantiated");
+      continue;
+    }
     if (ld.fourier) {
       const int64_t nm = n * ld.fields;
+      if (plan.fr_n[l] > 0 &&
+          fourier_rows::forward<T>(plan.fr_n[l], ld.act, nm, ld.F, ld.Fp, ld.G, zp,
+                                   ld.F, plan.Qp[l], plan.PTp[l],
+                                   tl.u[l + 1].data(), ld.Fp))
+        continue;
       T* Y = tl.Y[l].data();
       T* Sp = derivative_reads_input(ld.act) ? tl.S[l].data() : Y;
 #ifdef PYGI_SMALL_GEMM
@@ -471,7 +540,7 @@ void forward_impl(const ConvDims& d, const Plan<T>& plan, const int64_t* rowptr,
       for (int64_t p0 = e0; p0 < e1; p0 += tile) {
         const int64_t n = std::min(tile, e1 - p0);
         tile_forward<T>(plan, tl, p0, n, row, rowptr, col, x_src, pos_src,
-                        pos_dst, edge_attr);
+                        pos_dst, edge_attr, false);
         for (int64_t t = 0; t < n;) {
           const int64_t r = tl.rows[t];
           int64_t t2 = t + 1;
@@ -521,7 +590,7 @@ at::Tensor point_conv_forward_cpu(
              wt = Wt.contiguous();
   std::vector<at::Tensor> keep;
   AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_forward_cpu", [&] {
-    const Plan<scalar_t> plan = make_plan<scalar_t>(d, args, keep);
+    const Plan<scalar_t> plan = make_plan<scalar_t>(d, args, keep, false);
     forward_impl<scalar_t>(d, plan, rp.data_ptr<int64_t>(),
                            cl.data_ptr<int64_t>(), xs.data_ptr<scalar_t>(),
                            ps.data_ptr<scalar_t>(), pd.data_ptr<scalar_t>(),
@@ -556,6 +625,7 @@ struct GradLayout {
 
 struct Needs {
   bool x, pos_src, pos_dst, attr, params, width, Wt;
+  bool grid;  // samplers or projectors
   bool chain() const { return pos_src || pos_dst || attr || params; }
   bool input_grads() const { return pos_src || pos_dst || attr; }
   bool ds() const { return chain() || width; }
@@ -621,7 +691,7 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
       for (int64_t p0 = e0; p0 < e1; p0 += tile) {
         const int64_t n = std::min(tile, e1 - p0);
         tile_forward<T>(plan, tl, p0, n, row, rowptr, col, x_src, pos_src,
-                        pos_dst, edge_attr);
+                        pos_dst, edge_attr, true);
         const T* g = tl.g.data();
         const T* f = tl.f.data();
         for (int64_t t = 0; t < n;) {
@@ -667,7 +737,13 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
             const LayerDims& ld = d.layers[l];
             const T* zp = tl.z[l].data();
             T* dz = bb.dz.data();
-            if (ld.fourier) {
+            if (ld.fourier && plan.fr_n[l] > 0 &&
+                fourier_rows::backward<T>(plan.fr_n[l], ld.act, n * ld.fields, ld.F,
+                                          ld.Fp, ld.G, zp, ld.F, du, ld.Fp,
+                                          plan.Qp[l], plan.PTp[l], dz, ld.F,
+                                          tl.grid.data())) {
+              // dz done; no sampler / projector gradients were requested
+            } else if (ld.fourier) {
               const int64_t nm = n * ld.fields;
               const T* Y = tl.Y[l].data();
               T* dY = bb.dY.data();
@@ -677,11 +753,13 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
               if (plan.small) {
                 small_gemm::rows_axpy<T>(nm, ld.Fp, ld.G, du, ld.Fp, plan.P[l],
                                          dY, ld.G);
-                small_gemm::outer_acc<T>(nm, ld.Fp, ld.G, du, ld.Fp, Y, ld.G,
-                                         part + lay.P[l]);
+                if (need.grid)
+                  small_gemm::outer_acc<T>(nm, ld.Fp, ld.G, du, ld.Fp, Y, ld.G,
+                                           part + lay.P[l]);
                 act_backward<T>(ld.act, dY, Sl, Y, dY, nm * ld.G);
-                small_gemm::outer_acc<T>(nm, ld.F, ld.G, zp, ld.F, dY, ld.G,
-                                         part + lay.Q[l]);
+                if (need.grid)
+                  small_gemm::outer_acc<T>(nm, ld.F, ld.G, zp, ld.F, dY, ld.G,
+                                           part + lay.Q[l]);
                 small_gemm::rows_dot<T>(nm, ld.G, ld.F, dY, ld.G, plan.QT[l],
                                         dz, ld.F);
               } else
@@ -689,11 +767,13 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
               {
                 gemm<T>(false, false, nm, ld.G, ld.Fp, T(1), du, ld.Fp,
                         plan.P[l], ld.G, T(0), dY, ld.G);
-                gemm<T>(true, false, ld.Fp, ld.G, nm, T(1), du, ld.Fp, Y, ld.G,
-                        T(1), part + lay.P[l], ld.G);
+                if (need.grid)
+                  gemm<T>(true, false, ld.Fp, ld.G, nm, T(1), du, ld.Fp, Y, ld.G,
+                          T(1), part + lay.P[l], ld.G);
                 act_backward<T>(ld.act, dY, Sl, Y, dY, nm * ld.G);
-                gemm<T>(true, false, ld.F, ld.G, nm, T(1), zp, ld.F, dY, ld.G,
-                        T(1), part + lay.Q[l], ld.G);
+                if (need.grid)
+                  gemm<T>(true, false, ld.F, ld.G, nm, T(1), zp, ld.F, dY, ld.G,
+                          T(1), part + lay.Q[l], ld.G);
                 gemm<T>(false, false, nm, ld.F, ld.G, T(1), dY, ld.G,
                         plan.Q[l], ld.F, T(0), dz, ld.F);
               }
@@ -801,6 +881,7 @@ BackwardResult point_conv_backward_cpu(
   need.params = req.params();
   need.width = req[kGradWidth];
   need.Wt = req[kGradWt];
+  need.grid = req[kGradSamplers] || req[kGradProjectors];
 
   // Every group is returned with its full shape (zeros where masked out).
   const auto opts = x_src.options();
@@ -825,7 +906,7 @@ BackwardResult point_conv_backward_cpu(
     at::Tensor dxe = need.pos_src ? at::empty({d.num_edges, d.d}, opts) : at::Tensor();
     std::vector<at::Tensor> keep;
     AT_DISPATCH_FLOATING_TYPES(x_src.scalar_type(), "point_conv_backward_cpu", [&] {
-      const Plan<scalar_t> plan = make_plan<scalar_t>(d, args, keep);
+      const Plan<scalar_t> plan = make_plan<scalar_t>(d, args, keep, need.grid);
       auto ptr_or_null = [](const at::Tensor& t) {
         return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
       };

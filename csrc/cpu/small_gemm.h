@@ -184,14 +184,17 @@ PYGI_TARGET void outer_acc(int64_t rows, int64_t K, int64_t G, const T* A,
 }
 
 
-// ---- ELU (alpha = 1) in place: x > 0 ? x : exp(x) - 1 ----------------------
+// ---- ELU (alpha = 1): x > 0 ? x : exp(x) - 1 -------------------------------
 // exp(x) - 1 = 2^n (1 + p) - 1 = 2^n p + (2^n - 1) with x = n ln2 + r,
 // |r| <= ln2 / 2 and p = expm1(r) by its Taylor polynomial (n = 0 gives p
-// itself, so small |x| keep full relative accuracy).
+// itself, so small |x| keep full relative accuracy).  Written for any GCC
+// vector of float / double lanes (AVX2 here, AVX-512 in fourier_rows.h); always
+// inlined, so they compile for the instruction set of their caller.
+#define PYGI_INLINE __attribute__((always_inline)) inline
 
-PYGI_TARGET inline Vec<float>::type expm1_nonpos(Vec<float>::type x) {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t VI __attribute__((vector_size(32)));
+template <typename V>
+PYGI_INLINE V expm1_nonpos_f32(V x) {
+  typedef int32_t VI __attribute__((vector_size(sizeof(V))));
   const V lo = V{} - 87.0f;
   x = x < lo ? lo : x;
   const V shifter = V{} + 12582912.0f;  // 1.5 * 2^23: rounds to integer
@@ -211,9 +214,9 @@ PYGI_TARGET inline Vec<float>::type expm1_nonpos(Vec<float>::type x) {
   return two_n * p + (two_n - 1.0f);
 }
 
-PYGI_TARGET inline Vec<double>::type expm1_nonpos(Vec<double>::type x) {
-  typedef double V __attribute__((vector_size(32)));
-  typedef int64_t VI __attribute__((vector_size(32)));
+template <typename V>
+PYGI_INLINE V expm1_nonpos_f64(V x) {
+  typedef int64_t VI __attribute__((vector_size(sizeof(V))));
   const V lo = V{} - 708.0;
   x = x < lo ? lo : x;
   const V shifter = V{} + 6755399441055744.0;  // 1.5 * 2^52
@@ -239,6 +242,16 @@ PYGI_TARGET inline Vec<double>::type expm1_nonpos(Vec<double>::type x) {
   return two_n * p + (two_n - 1.0);
 }
 
+// expm1 of x <= 0 for a vector of T lanes.
+template <typename T, typename V>
+PYGI_INLINE V expm1_nonpos(V x) {
+  if constexpr (sizeof(T) == 4) {
+    return expm1_nonpos_f32<V>(x);
+  } else {
+    return expm1_nonpos_f64<V>(x);
+  }
+}
+
 template <typename T>
 PYGI_TARGET void elu_inplace(T* x, int64_t n) {
   using V = typename Vec<T>::type;
@@ -247,7 +260,7 @@ PYGI_TARGET void elu_inplace(T* x, int64_t n) {
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     const V v = vload<T>(x + i);
-    const V e = expm1_nonpos(v < zero ? v : zero);
+    const V e = expm1_nonpos<T, V>(v < zero ? v : zero);
     vstore<T>(x + i, v > zero ? v : e);
   }
   for (; i < n; ++i) x[i] = x[i] > T(0) ? x[i] : std::expm1(x[i]);
