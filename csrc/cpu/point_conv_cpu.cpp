@@ -279,7 +279,7 @@ int64_t rows_per_window() {
   return r;
 }
 constexpr int64_t kMaxChunks = 32;   // fixed chunks of rows (partials)
-constexpr int64_t kMinChunkEdges = 1024;
+constexpr int64_t kMinChunkEdges = 128;
 
 // Chunk boundaries (rows) with about equal edge counts; depends on rowptr
 // only, so results never depend on the number of threads.
