@@ -339,6 +339,39 @@ def run_peers(configs, variants, args) -> list:
     return rows
 
 
+def peers_plot(rows, path):
+    """Ratios against e3nn (higher is better): forward and forward+backward speed-up,
+    memory ratio, one group of bars per variant and configuration."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in rows if "error" not in r]
+    e3 = {r["config"]: r for r in ok if r["variant"] == "e3nn"}
+    bars = [r for r in ok if r["config"] in e3 and r["variant"] != "e3nn"]
+    if not bars:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    labels = [f"{r['config']} {r['variant']}" for r in bars]
+    for ax, key, title in zip(axes, ("forward_s", "forward_backward_s", "peak_extra_mib"),
+                              ("forward speed-up vs e3nn", "fwd+bwd speed-up vs e3nn",
+                               "memory ratio vs e3nn (e3nn peak / peak)")):
+        vals = [e3[r["config"]][key] / r[key] if r.get(key) else 0 for r in bars]
+        ax.bar(range(len(bars)), vals, color=["C0" if "fused" in lb else "C2" for lb in labels])
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(bars)), labels, rotation=20, ha="right")
+        ax.set_title(title)
+        if key == "peak_extra_mib":
+            ax.set_yscale("log")
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default=None, help="default S,2D,M (--peers: M)")
@@ -403,7 +436,7 @@ def main(argv=None):
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     table = (peers_markdown if args.peers else markdown)(rows, meta)
     (out / f"{args.name}.md").write_text(table)
-    plot(rows, out / f"{args.name}.png")
+    (peers_plot if args.peers else plot)(rows, out / f"{args.name}.png")
     print()
     print(table)
 

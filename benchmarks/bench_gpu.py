@@ -133,7 +133,38 @@ def run_fused(x, pos, ei, plan, csr):
     return fused_point_conv(x, pos, pos, None, csr, plan)
 
 
-VARIANTS = {"reference": run_reference, "factorized": run_factorized, "fused": run_fused}
+_PEER_CACHE = {}
+
+
+def _peer(name, x, pos, ei):
+    """The peer convolution ``name`` (benchmarks/peers.py) at the problem's irreps:
+    C = k x (scalar + vector) of O(3) in and out, e3nn's radial MLP, spherical
+    harmonics up to l = 2 (the plans' band limit); built once per problem."""
+    key = (name, tuple(x.shape), tuple(ei.shape), x.dtype, str(x.device))
+    if key not in _PEER_CACHE:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import peers
+        if pos.shape[1] != 3 or x.shape[1] % 4:
+            raise ValueError(f"peer {name} needs 3-D positions and k x (1 + 3) channels")
+        sizes = [1, 3] * (x.shape[1] // 4)
+        radius = peers.matched_max_radius(pos, ei)
+        _PEER_CACHE.clear()
+        _PEER_CACHE[key] = peers.build_peer(name, sizes, sizes, 2, radius,
+                                            ei.shape[1] / x.shape[0], radius).to(x.device, x.dtype)
+    return _PEER_CACHE[key]
+
+
+def run_e3nn(x, pos, ei, plan=None, csr=None):
+    return _peer("e3nn", x, pos, ei)(x, pos, ei)
+
+
+def run_cuequivariance(x, pos, ei, plan=None, csr=None):
+    return _peer("cuequivariance", x, pos, ei)(x, pos, ei)
+
+
+VARIANTS = {"reference": run_reference, "factorized": run_factorized, "fused": run_fused,
+            "e3nn": run_e3nn, "cuequivariance": run_cuequivariance}
+PEER_MODULES = {"e3nn": "e3nn", "cuequivariance": "cuequivariance_torch"}
 
 
 # ---------------------------------------------------------------------------
@@ -307,10 +338,14 @@ def bench_config(name, cfg, device, dtype, warmup, reps, rates, variants):
             ptens = [t.detach().requires_grad_(True) for t in plan.tensors()]
             plan_g = plan.with_tensors(ptens)
 
+            # a peer: its own parameters instead of the plan's
+            wrt = ptens if vname not in PEER_MODULES else list(
+                _peer(vname, x, pos, ei).parameters())
+
             def fwd_bwd():
                 out = fn(leaves[0], leaves[1], ei, plan_g, csr)
-                torch.autograd.backward(out, g_out, inputs=leaves + ptens)
-                for t in leaves + ptens:
+                torch.autograd.backward(out, g_out, inputs=leaves + wrt)
+                for t in leaves + wrt:
                     t.grad = None
 
             r["fwd_ms"], r["fwd_all_ms"] = time_ms(fwd, device, warmup, reps)
@@ -471,6 +506,9 @@ def main(argv=None):
     ap.add_argument("--unfused-configs", default=None,
                     help="configurations that also time the reference and factorized "
                          "variants (default: all of --configs); the others time fused only")
+    ap.add_argument("--peers", action="store_true",
+                    help="also time e3nn's and cuEquivariance's convolutions (those "
+                         "installed) at matched irreps, on the 3-D configurations")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--tag", default="",
                     help="suffix of the result files (gpu_bench_<tag>.json), e.g. for an A/B "
@@ -485,6 +523,13 @@ def main(argv=None):
         sys.exit("bench_gpu.py: pyg_implicit._C is not built")
     torch.backends.cuda.matmul.allow_tf32 = False
     variants = [v for v in args.variants.split(",") if v]
+    if args.peers:
+        import importlib.util
+        for peer, module in PEER_MODULES.items():
+            if importlib.util.find_spec(module) is None:
+                print(f"note: {module} is not installed; no {peer} row")
+            elif peer not in variants:
+                variants.append(peer)
 
     report = dict(device=(torch.cuda.get_device_name(device) if device.type == "cuda"
                           else platform.processor() or "cpu"),
@@ -502,7 +547,10 @@ def main(argv=None):
     for name in args.configs.split(","):
         cfg = dict(CONFIGS[name])
         cfg["n"] = max(64, int(cfg["n"] * args.scale))
-        names = variants if name in unfused else [v for v in variants if v == "fused"]
+        names = variants if name in unfused else [v for v in variants
+                                                  if v == "fused" or v in PEER_MODULES]
+        if cfg["d"] != 3:  # the peers are O(3) convolutions
+            names = [v for v in names if v not in PEER_MODULES]
         report["configs"].append(bench_config(name, cfg, device, dtype, args.warmup,
                                               args.reps, rates, names))
 

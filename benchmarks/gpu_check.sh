@@ -13,6 +13,7 @@
 #                  CPU cross-check), backends cuda + fused_cpu required
 #   sanitize  ~1   compute-sanitizer memcheck on a small case (--full: + racecheck, synccheck)
 #   bench     ~2   bench_gpu.py: configurations M and L, reference/factorized at M only,
+#                  the peers e3nn and cuEquivariance where installed (--peers),
 #                  5 repetitions (--full: all configurations, max-E search, edge-tile sweep,
 #                  and A/B runs: A_i in the workspace (PYG_IMPLICIT_CUDA_ACC_REGS=0), TF32
 #                  tensor cores (PYG_IMPLICIT_CUDA_TF32=1, error vs factorized reported))
@@ -179,9 +180,9 @@ fi
 # ---------------------------------------------------------------- benchmark
 if want bench; then
   if [ "$FULL" = 1 ]; then
-    DEFAULT_BENCH="--configs M,L,2D"
+    DEFAULT_BENCH="--configs M,L,2D --peers"
   else
-    DEFAULT_BENCH="--configs M,L --unfused-configs M --no-max-e --no-te-sweep --reps 5"
+    DEFAULT_BENCH="--configs M,L --unfused-configs M --no-max-e --no-te-sweep --reps 5 --peers"
   fi
   # shellcheck disable=SC2086
   run_stage bench "${T_BENCH:-240}" "$PY" benchmarks/bench_gpu.py ${BENCH_ARGS:-$DEFAULT_BENCH}

@@ -19,6 +19,11 @@
 // sources (x_src, pos_src) are gathered per source node in CSC order
 // (csc_perm), pos_dst per row: no atomics, bitwise deterministic.
 //
+// Fourier layers run on the AVX-512 register kernels of fourier_rows.h where
+// the CPU has them (grid samples never stored, a short first layer folded into
+// its sampler), else on the row kernels of small_gemm.h, which a backward that
+// wants sampler/projector gradients also uses.
+//
 // Nothing proportional to E x H, E x grid samples or E x C_out x C_in is
 // allocated (only E x C_in and E x d per-edge gradients in the backward).
 #include <ATen/ATen.h>
@@ -512,6 +517,52 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
 }
 
 // ---------------------------------------------------------------------------
+// Products of one row segment (ns edges of one target).  With few edges per
+// target (the N-body model's edge graphs have one) BLAS's call and threading
+// overhead outweighs the arithmetic; the row kernels of small_gemm.h do them.
+// ---------------------------------------------------------------------------
+constexpr int64_t kSmallSegment = 8;
+
+// A[H1, C] += g[ns, H1]^T f[ns, C]
+template <typename T>
+void segment_outer_acc(const Plan<T>& plan, int64_t ns, int64_t H1, int64_t C,
+                       const T* g, const T* f, T* A) {
+#ifdef PYGI_SMALL_GEMM
+  if (plan.small && ns <= kSmallSegment) {
+    small_gemm::outer_acc<T>(ns, H1, C, g, H1, f, C, A);
+    return;
+  }
+#endif
+  gemm<T>(true, false, H1, C, ns, T(1), g, H1, f, C, T(1), A, C);
+}
+
+// dg[ns, H1] = f[ns, C] dA[H1, C]^T
+template <typename T>
+void segment_dg(const Plan<T>& plan, int64_t ns, int64_t H1, int64_t C, const T* f,
+                const T* dA, T* dg) {
+#ifdef PYGI_SMALL_GEMM
+  if (plan.small && ns <= kSmallSegment) {
+    small_gemm::rows_dot<T>(ns, C, H1, f, C, dA, dg, H1);
+    return;
+  }
+#endif
+  gemm<T>(false, true, ns, H1, C, T(1), f, C, dA, C, T(0), dg, H1);
+}
+
+// df[ns, C] = g[ns, H1] dA[H1, C]
+template <typename T>
+void segment_df(const Plan<T>& plan, int64_t ns, int64_t H1, int64_t C, const T* g,
+                const T* dA, T* df) {
+#ifdef PYGI_SMALL_GEMM
+  if (plan.small && ns <= kSmallSegment) {
+    small_gemm::rows_axpy<T>(ns, H1, C, g, H1, dA, df, C);
+    return;
+  }
+#endif
+  gemm<T>(false, false, ns, C, H1, T(1), g, H1, dA, C, T(0), df, C);
+}
+
+// ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
 
@@ -551,8 +602,8 @@ void forward_impl(const ConvDims& d, const Plan<T>& plan, const int64_t* rowptr,
             nwin = std::min(kRows, r1 - r);
             std::fill(Aw.begin(), Aw.end(), T(0));
           }
-          gemm<T>(true, false, H1, C, t2 - t, T(1), tl.g.data() + t * H1, H1,
-                  tl.f.data() + t * C, C, T(1), Aw.data() + (r - win0) * K, C);
+          segment_outer_acc<T>(plan, t2 - t, H1, C, tl.g.data() + t * H1,
+                               tl.f.data() + t * C, Aw.data() + (r - win0) * K);
           t = t2;
         }
       }
@@ -705,14 +756,10 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
           const int64_t ns = t2 - t;
           const T* dA = dAw.data() + (r - win0) * K;  // [H + 1, C]
           if (need.Wt)
-            gemm<T>(true, false, H1, C, ns, T(1), g + t * H1, H1, f + t * C, C,
-                    T(1), Aw.data() + (r - win0) * K, C);
-          if (need.ds())
-            gemm<T>(false, true, ns, H1, C, T(1), f + t * C, C, dA, C, T(0),
-                    bb.dg.data() + t * H1, H1);
-          if (need.x)
-            gemm<T>(false, false, ns, C, H1, T(1), g + t * H1, H1, dA, C, T(0),
-                    dfe + (p0 + t) * C, C);
+            segment_outer_acc<T>(plan, ns, H1, C, g + t * H1, f + t * C,
+                                 Aw.data() + (r - win0) * K);
+          if (need.ds()) segment_dg<T>(plan, ns, H1, C, f + t * C, dA, bb.dg.data() + t * H1);
+          if (need.x) segment_df<T>(plan, ns, H1, C, g + t * H1, dA, dfe + (p0 + t) * C);
           t = t2;
         }
         if (!need.ds()) continue;
