@@ -52,26 +52,25 @@ def _o3_irreps(sizes: list[int]) -> tuple[str, list[int]]:
     return "+".join(parts), scalars + vectors
 
 
-class E3nnConv(torch.nn.Module):
-    """e3nn's convolution recipe between O(3) fields of sizes ``in_sizes``, ``out_sizes``."""
+class _RadialTensorProductConv(torch.nn.Module):
+    """What e3nn's recipe and cuEquivariance's convolution share: the grouped irreps and
+    channel permutations, spherical harmonics up to ``lmax`` and the radial embedding
+    (``radial_basis`` smooth one-hot functions of the length up to ``max_radius``)."""
 
     def __init__(self, in_sizes: list[int], out_sizes: list[int], lmax: int, max_radius: float,
-                 num_neighbors: float, radial_basis: int = 8, radial_hidden: int = 64):
+                 num_neighbors: float, radial_basis: int = 8):
         super().__init__()
         from e3nn import o3
-        from e3nn.nn import FullyConnectedNet
-        (irreps_in, in_perm), (irreps_out, out_perm) = _o3_irreps(in_sizes), _o3_irreps(out_sizes)
+        (self.irreps_in, in_perm), (self.irreps_out, out_perm) = (_o3_irreps(in_sizes),
+                                                                  _o3_irreps(out_sizes))
         self.register_buffer("in_perm", torch.tensor(in_perm))
         self.register_buffer("out_unperm", torch.tensor(out_perm).argsort())
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
-        self.tp = o3.FullyConnectedTensorProduct(o3.Irreps(irreps_in), self.irreps_sh,
-                                                 o3.Irreps(irreps_out), shared_weights=False)
-        self.radial = FullyConnectedNet([radial_basis, radial_hidden, radial_hidden,
-                                         self.tp.weight_numel], torch.nn.functional.silu)
         self.radial_basis, self.max_radius = radial_basis, max_radius
         self.num_neighbors = num_neighbors
 
-    def forward(self, x, pos, edge_index):
+    def edge_features(self, pos, edge_index):
+        """Spherical harmonics [E, (lmax + 1)^2] and radial embedding [E, radial_basis]."""
         from e3nn import o3
         from e3nn.math import soft_one_hot_linspace
         src, dst = edge_index
@@ -79,10 +78,34 @@ class E3nnConv(torch.nn.Module):
         sh = o3.spherical_harmonics(self.irreps_sh, vec, True, normalization="component")
         emb = soft_one_hot_linspace(vec.norm(dim=1), 0.0, self.max_radius, self.radial_basis,
                                     basis="smooth_finite", cutoff=True)
-        weight = self.radial(emb.mul(self.radial_basis ** 0.5))
-        messages = self.tp(x[:, self.in_perm][src], sh, weight)
-        out = x.new_zeros(x.shape[0], messages.shape[1]).index_add_(0, dst, messages)
+        return sh, emb.mul(self.radial_basis ** 0.5)
+
+    def forward(self, x, pos, edge_index):
+        sh, emb = self.edge_features(pos, edge_index)
+        out = self.convolve(x[:, self.in_perm], sh, emb, edge_index)
         return out[:, self.out_unperm].div(self.num_neighbors ** 0.5)
+
+
+class E3nnConv(_RadialTensorProductConv):
+    """e3nn's convolution recipe between O(3) fields of sizes ``in_sizes``, ``out_sizes``:
+    a radial MLP ``radial_basis -> radial_hidden -> radial_hidden -> weights`` (SiLU), a
+    fully connected tensor product with those per-edge weights, a sum at the targets."""
+
+    def __init__(self, in_sizes: list[int], out_sizes: list[int], lmax: int, max_radius: float,
+                 num_neighbors: float, radial_basis: int = 8, radial_hidden: int = 64):
+        super().__init__(in_sizes, out_sizes, lmax, max_radius, num_neighbors, radial_basis)
+        from e3nn import o3
+        from e3nn.nn import FullyConnectedNet
+        self.tp = o3.FullyConnectedTensorProduct(o3.Irreps(self.irreps_in), self.irreps_sh,
+                                                 o3.Irreps(self.irreps_out),
+                                                 shared_weights=False)
+        self.radial = FullyConnectedNet([radial_basis, radial_hidden, radial_hidden,
+                                         self.tp.weight_numel], torch.nn.functional.silu)
+
+    def convolve(self, x, sh, emb, edge_index):
+        src, dst = edge_index
+        messages = self.tp(x[src], sh, self.radial(emb))
+        return x.new_zeros(x.shape[0], messages.shape[1]).index_add_(0, dst, messages)
 
 
 class EscnnConv(torch.nn.Module):
@@ -99,38 +122,23 @@ class EscnnConv(torch.nn.Module):
         return self.conv(enn.GeometricTensor(x, self.in_type, coords=pos), edge_index).tensor
 
 
-class CuEquivarianceConv(torch.nn.Module):
-    """cuEquivariance's fused convolution with e3nn's radial MLP (GPU only)."""
+class CuEquivarianceConv(_RadialTensorProductConv):
+    """cuEquivariance's fused convolution with the same radial MLP (GPU only)."""
 
     def __init__(self, in_sizes: list[int], out_sizes: list[int], lmax: int, max_radius: float,
                  num_neighbors: float, radial_basis: int = 8, radial_hidden: int = 64):
-        super().__init__()
+        super().__init__(in_sizes, out_sizes, lmax, max_radius, num_neighbors, radial_basis)
         import cuequivariance as cue
         from cuequivariance_torch.layers import FullyConnectedTensorProductConv
-        from e3nn import o3
-        (irreps_in, in_perm), (irreps_out, out_perm) = _o3_irreps(in_sizes), _o3_irreps(out_sizes)
-        self.register_buffer("in_perm", torch.tensor(in_perm))
-        self.register_buffer("out_unperm", torch.tensor(out_perm).argsort())
-        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         self.conv = FullyConnectedTensorProductConv(
-            cue.Irreps("O3", irreps_in), cue.Irreps("O3", str(self.irreps_sh)),
-            cue.Irreps("O3", irreps_out),
+            cue.Irreps("O3", self.irreps_in), cue.Irreps("O3", str(self.irreps_sh)),
+            cue.Irreps("O3", self.irreps_out),
             mlp_channels=[radial_basis, radial_hidden, radial_hidden],
-            mlp_activation=torch.nn.SiLU(), layout=cue.ir_mul)
-        self.radial_basis, self.max_radius = radial_basis, max_radius
-        self.num_neighbors = num_neighbors
+            mlp_activation=torch.nn.SiLU(), layout=cue.mul_ir)  # e3nn's layout
 
-    def forward(self, x, pos, edge_index):
-        from e3nn import o3
-        from e3nn.math import soft_one_hot_linspace
+    def convolve(self, x, sh, emb, edge_index):
         src, dst = edge_index
-        vec = pos[src] - pos[dst]
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, True, normalization="component")
-        emb = soft_one_hot_linspace(vec.norm(dim=1), 0.0, self.max_radius, self.radial_basis,
-                                    basis="smooth_finite", cutoff=True) * self.radial_basis ** 0.5
-        graph = ((src, dst), (x.shape[0], x.shape[0]))
-        out = self.conv(x[:, self.in_perm], sh, emb, graph)
-        return out[:, self.out_unperm].div(self.num_neighbors ** 0.5)
+        return self.conv(x, sh, emb, ((src, dst), (x.shape[0], x.shape[0])))
 
 
 def build_peer(name: str, in_type, out_type, band_limit: int, width: float,

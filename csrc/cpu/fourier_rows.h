@@ -91,7 +91,7 @@ using Native512 = typename std::conditional<sizeof(T) == 4, __m512, __m512d>::ty
 // with 2^n from vscalef.  float: p = r + r^2 q(r) with q a degree-4 fit of
 // (expm1(r) - r) / r^2 on |r| <= ln2 / 2 (relative error 1.3e-8 in exact
 // arithmetic, 1.2e-7 evaluated in float, as the degree-7 Taylor polynomial);
-// double: the Taylor polynomial of degree 13.
+// double: small_gemm::expm1_nonpos_f64 as it is.
 template <typename T, typename V>
 PYGI_TARGET512 PYGI_INLINE V expm1_512(V x) {
   using M = Native512<T>;
@@ -110,27 +110,8 @@ PYGI_TARGET512 PYGI_INLINE V expm1_512(V x) {
     const V one = V{} + 1.0f;
     const V two_n = (V)vscale((__m512)one, (__m512)n);
     return two_n * p + (two_n - one);
-  } else {
-    const V shifter = V{} + 6755399441055744.0;  // 1.5 * 2^52
-    const V n = (x * 1.4426950408889634074 + shifter) - shifter;
-    V r = x - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    V p = V{} + 1.0 / 6227020800.0;  // 1/13!
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * (r * r) + r;
-    const V one = V{} + 1.0;
-    const V two_n = (V)vscale((__m512d)one, (__m512d)n);
-    return two_n * p + (two_n - one);
+  } else {  // double: small_gemm's generic-vector version (its own clamp, 2^n by bits)
+    return small_gemm::expm1_nonpos_f64<V>(x);
   }
 }
 
