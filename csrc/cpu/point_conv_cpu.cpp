@@ -311,7 +311,7 @@ template <typename T>
 struct Plan {
   const ConvDims* dims;
   std::vector<const T*> W, b, Q, P;
-  std::vector<const T*> QT;  // samplers transposed: [F, G]
+  std::vector<const T*> QT;  // samplers transposed: [F, G] (row kernels only)
   std::vector<const int64_t*> M;  // field maps (gated / norm layers)
   std::vector<const T*> Bf;       // field biases (norm layers)
   // Fourier layers on the register kernels of fourier_rows.h: their width N
@@ -332,15 +332,17 @@ struct Tile {
   std::vector<int64_t> rows;        // row (target) of each edge of the tile
   std::vector<std::vector<T>> u;    // u_0 .. u_L: [n, H_l]
   std::vector<std::vector<T>> z;    // z_1 .. z_L (pre-activations): [n, H'_l]
-  std::vector<std::vector<T>> S;    // Fourier: grid pre-activations (if the derivative reads them)
-  std::vector<std::vector<T>> Y;    // Fourier: grid activations [n M, G]
+  // Fourier layers on the row kernels (the register kernels store no sample):
+  std::vector<std::vector<T>> S;    // grid pre-activations (if the derivative reads them)
+  std::vector<std::vector<T>> Y;    // grid activations [n M, G]
   std::vector<T> s;                 // envelope [n]
   std::vector<T> g;                 // [n, H + 1]
   std::vector<T> f;                 // gathered x_src rows [n, C_in]
   std::vector<T> scratch;           // norm layers: 2 x fields of one edge
   std::vector<T> grid;              // fourier_rows backward: G x 16
 
-  Tile(const ConvDims& d, int64_t tile) : cap(tile) {
+  // fr_n: Plan::fr_n (which Fourier layers run on the register kernels)
+  Tile(const ConvDims& d, int64_t tile, const std::vector<int>& fr_n) : cap(tile) {
     const int64_t L = static_cast<int64_t>(d.layers.size());
     rows.resize(tile);
     u.resize(L + 1);
@@ -354,8 +356,9 @@ struct Tile {
       nf = std::max(nf, ld.nf);
       u[l + 1].resize(tile * ld.out);
       z[l].resize(tile * ld.pre);
-      if (ld.fourier) {
+      if (ld.fourier && fr_n[l] > 0) {
         grid.resize(std::max<size_t>(grid.size(), ld.G * 16));
+      } else if (ld.fourier) {
         Y[l].resize(tile * ld.fields * ld.G);
         if (derivative_reads_input(ld.act)) S[l].resize(tile * ld.fields * ld.G);
       }
@@ -402,7 +405,7 @@ Plan<T> make_plan(const ConvDims& d, const PlanArgs& a, std::vector<at::Tensor>&
     plan.W.push_back(kept<T>(keep, a.weights[l]));
     plan.b.push_back(kept<T>(keep, a.biases[l]));
     plan.Q.push_back(kept<T>(keep, a.samplers[l]));
-    plan.QT.push_back(kept<T>(keep, a.samplers[l].t()));
+    plan.QT.push_back(n > 0 ? nullptr : kept<T>(keep, a.samplers[l].t()));  // row kernels
     plan.P.push_back(kept<T>(keep, a.projectors[l]));
     plan.M.push_back(kept<int64_t>(keep, a.fields[l]));
     plan.Bf.push_back(kept<T>(keep, a.field_biases[l]));
@@ -471,11 +474,13 @@ void tile_forward(const Plan<T>& plan, Tile<T>& tl, int64_t p0, int64_t n,
     }
     if (ld.fourier) {
       const int64_t nm = n * ld.fields;
-      if (plan.fr_n[l] > 0 &&
-          fourier_rows::forward<T>(plan.fr_n[l], ld.act, nm, ld.F, ld.Fp, ld.G, zp,
-                                   ld.F, plan.Qp[l], plan.PTp[l],
-                                   tl.u[l + 1].data(), ld.Fp))
+      if (plan.fr_n[l] > 0) {  // make_plan picks only instantiated widths (no Y, S)
+        const bool done = fourier_rows::forward<T>(plan.fr_n[l], ld.act, nm, ld.F, ld.Fp,
+                                                   ld.G, zp, ld.F, plan.Qp[l], plan.PTp[l],
+                                                   tl.u[l + 1].data(), ld.Fp);
+        TORCH_INTERNAL_ASSERT(done, "point_conv: Fourier register kernel not instantiated");
         continue;
+      }
       T* Y = tl.Y[l].data();
       T* Sp = derivative_reads_input(ld.act) ? tl.S[l].data() : Y;
 #ifdef PYGI_SMALL_GEMM
@@ -575,7 +580,7 @@ void forward_impl(const ConvDims& d, const Plan<T>& plan, const int64_t* rowptr,
   const int64_t nchunks = static_cast<int64_t>(chunks.size()) - 1;
   const int64_t tile = tile_edges();
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    Tile<T> tl(d, tile);
+    Tile<T> tl(d, tile, plan.fr_n);
     const int64_t kRows = rows_per_window();
     std::vector<T> Aw(kRows * K);
     for (int64_t c = c0; c < c1; ++c) {
@@ -685,12 +690,13 @@ struct Needs {
 template <typename T>
 struct BackBuffers {
   std::vector<T> du0, du1, dz, dY, dg, ds;
-  BackBuffers(const ConvDims& d, int64_t tile) {
+  BackBuffers(const ConvDims& d, int64_t tile, const std::vector<int>& fr_n) {
     int64_t hmax = d.h0, pmax = 1, ymax = 1;
-    for (const auto& ld : d.layers) {
+    for (size_t l = 0; l < d.layers.size(); ++l) {
+      const auto& ld = d.layers[l];
       hmax = std::max({hmax, ld.in, ld.out});
       pmax = std::max(pmax, ld.pre);
-      if (ld.fourier) ymax = std::max(ymax, ld.fields * ld.G);
+      if (ld.fourier && fr_n[l] == 0) ymax = std::max(ymax, ld.fields * ld.G);  // row kernels
     }
     du0.resize(tile * hmax);
     du1.resize(tile * hmax);
@@ -716,8 +722,8 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
   const T w = plan.width, inv_w2 = T(1) / (w * w), inv_w3 = inv_w2 / w;
 
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    Tile<T> tl(d, tile);
-    BackBuffers<T> bb(d, tile);
+    Tile<T> tl(d, tile, plan.fr_n);
+    BackBuffers<T> bb(d, tile, plan.fr_n);
     const int64_t kRows = rows_per_window();
     std::vector<T> Aw(need.Wt ? kRows * K : 0), dAw(kRows * K);
     for (int64_t c = c0; c < c1; ++c) {
@@ -784,12 +790,12 @@ void backward_impl(const ConvDims& d, const Plan<T>& plan, const Needs& need,
             const LayerDims& ld = d.layers[l];
             const T* zp = tl.z[l].data();
             T* dz = bb.dz.data();
-            if (ld.fourier && plan.fr_n[l] > 0 &&
-                fourier_rows::backward<T>(plan.fr_n[l], ld.act, n * ld.fields, ld.F,
-                                          ld.Fp, ld.G, zp, ld.F, du, ld.Fp,
-                                          plan.Qp[l], plan.PTp[l], dz, ld.F,
-                                          tl.grid.data())) {
-              // dz done; no sampler / projector gradients were requested
+            if (ld.fourier && plan.fr_n[l] > 0) {
+              // no sampler / projector gradients requested (else fr_n is 0)
+              const bool done = fourier_rows::backward<T>(
+                  plan.fr_n[l], ld.act, n * ld.fields, ld.F, ld.Fp, ld.G, zp, ld.F, du,
+                  ld.Fp, plan.Qp[l], plan.PTp[l], dz, ld.F, tl.grid.data());
+              TORCH_INTERNAL_ASSERT(done, "point_conv: Fourier register kernel not instantiated");
             } else if (ld.fourier) {
               const int64_t nm = n * ld.fields;
               const T* Y = tl.Y[l].data();
