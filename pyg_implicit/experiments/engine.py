@@ -20,6 +20,13 @@ import sys
 import time
 from typing import Dict, Optional
 
+# MKL's float32 GEMMs round differently with the heap alignment of their operands, so
+# two launches of one run differed in the last bits of the weights (and, now and then,
+# in the test metric). Its conditional numerical reproducibility mode fixes that; MKL
+# reads the variable at its first call, which comes after this import. A user's own
+# setting wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -309,7 +316,8 @@ def fit(experiment, args, argv) -> Optional[Dict]:
               "command": f"{launcher} pyg_implicit.train {shlex.join(argv)}",
               "params": params, "processes": ranks, "device": str(module.device),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "lightning": pl.__version__, "git_commit": code["commit"],
+              "lightning": pl.__version__, "mkl_cbwr": os.environ.get("MKL_CBWR"),
+              "git_commit": code["commit"],
               "run_dir": os.path.abspath(run_dir), "data": os.path.abspath(args.data),
               "data_fingerprint": meta["data"], "experiment": meta["experiment"],
               "config": meta["config"], "code": code, "resumes": meta["resumes"],
