@@ -1,6 +1,8 @@
 """``torch_geometric.nn``-style layers and the equivariant building blocks around them.
 
 - :class:`ImplicitPointConv` — the implicit steerable point convolution;
+- :class:`AnalyticPointConv` — escnn's analytic ("standard") steerable kernels
+  behind the same call signature, the baseline of the paper's tables;
 - :class:`ImplicitR2Conv`, :class:`ImplicitR3Conv` — the same kernels on regular grids;
 - per-node blocks for any field type of any subgroup of O(2)/O(3):
   :class:`EquivariantNonlinearity` (gated, norm, pointwise, Fourier),
@@ -10,6 +12,7 @@
   the nonlinearities need;
 - :class:`ResidualBlock` and the generic model :class:`ImplicitSteerableNet`.
 """
+from .analytic_conv import AnalyticPointConv
 from .block import ResidualBlock
 from .conv import ImplicitPointConv
 from .fields import field_type
@@ -19,7 +22,7 @@ from .models import ImplicitSteerableNet
 from .nonlinearity import EquivariantNonlinearity, gated_input_type
 from .norm import EquivariantBatchNorm, EquivariantLayerNorm
 
-__all__ = ["ImplicitPointConv", "ImplicitR2Conv", "ImplicitR3Conv",
+__all__ = ["ImplicitPointConv", "AnalyticPointConv", "ImplicitR2Conv", "ImplicitR3Conv",
            "EquivariantNonlinearity", "gated_input_type",
            "EquivariantBatchNorm", "EquivariantLayerNorm", "EquivariantLinear",
            "ScalarEmbedding", "InvariantMap", "EquivariantGlobalPool", "ResidualBlock",

@@ -79,6 +79,10 @@ class ImplicitSteerableNet(torch.nn.Module):
         conv_kwargs (dict, optional): arguments of every
             :class:`~pyg_implicit.ImplicitPointConv` (kernel MLP size,
             ``band_limit`` of the kernel, ``width``, ``backend``, ...).
+        kernel (str, optional): ``"implicit"`` (:class:`~pyg_implicit.ImplicitPointConv`)
+            or ``"standard"`` (:class:`~pyg_implicit.nn.AnalyticPointConv`, escnn's
+            analytic basis; ``conv_kwargs`` then holds its arguments).
+            (default: ``"implicit"``)
 
     Shapes:
         - **input:** ``x`` :math:`(N, \text{in\_channels})` or ``None``, ``pos``
@@ -99,7 +103,8 @@ class ImplicitSteerableNet(torch.nn.Module):
                  norm: Optional[str] = "batch", pool: str = "mean", graph: str = "knn",
                  k: int = 16, r: Optional[float] = None, max_num_neighbors: int = 32,
                  edge_attr_type: FieldTypeLike = None, mlp_channels: int = 64,
-                 activation: str = "silu", conv_kwargs: Optional[Dict] = None):
+                 activation: str = "silu", conv_kwargs: Optional[Dict] = None,
+                 kernel: str = "implicit"):
         super().__init__()
         for name, value, allowed in (("task", task, TASKS), ("head", head, HEADS),
                                      ("graph", graph, GRAPHS),
@@ -130,7 +135,8 @@ class ImplicitSteerableNet(torch.nn.Module):
         t_in = self.hidden_types[0]
         for t_out in self.hidden_types:
             self.blocks.append(ResidualBlock(t_in, t_out, edge_attr_type, nonlinearity,
-                                             activation, norm, **dict(conv_kwargs or {})))
+                                             activation, norm, kernel=kernel,
+                                             **dict(conv_kwargs or {})))
             t_in = t_out
         if head == "invariant":
             self.invariant = InvariantMap(t_in, "norm")
