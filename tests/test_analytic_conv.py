@@ -1,8 +1,6 @@
 """AnalyticPointConv (escnn's analytic kernels behind ImplicitPointConv's signature) and
 the blocks' `kernel="standard"` option: escnn's own layer as the oracle, equivariance in
 float64 on plain and bipartite graphs, bipartite == restricted plain, bad input."""
-import math
-
 import pytest
 import torch
 from escnn import nn as enn
@@ -38,19 +36,39 @@ def inputs(in_type, num_src=30, num_dst=30, num_edges=120, seed=0):
 
 @pytest.mark.parametrize("name", ["C4", "O2", "inv3d", "SO2z", "O3"])
 def test_matches_escnn_point_conv(name):
+    """escnn's own forward (through the wrapped layer, whose mean over the neighbours
+    became a sum) and the explicit sum of escnn's sampled kernels, times the scale c."""
     in_type, out_type, _ = conv_types(name)
     conv = AnalyticPointConv(in_type, out_type, width=1.5, num_neighbors=4.0).double()
     with torch.no_grad():
         conv.conv.bias.normal_()
     x, pos, _, edge_index = inputs(in_type)
+    src, dst = edge_index
     for mode in (True, False):
         conv.train(mode)
-        ours = conv(x, pos, edge_index)
-        theirs = conv.conv(enn.GeometricTensor(x, in_type, coords=pos), edge_index).tensor
         bias = conv.conv.expand_bias()
-        # escnn sums without 1/sqrt(num_neighbors): compare the message sums
-        torch.testing.assert_close((ours - bias) * math.sqrt(4.0), theirs - bias,
-                                   rtol=1e-12, atol=1e-12)
+        ours = conv(x, pos, edge_index) - bias
+        theirs = conv.conv(enn.GeometricTensor(x, in_type, coords=pos), edge_index).tensor
+        torch.testing.assert_close(ours, (theirs - bias) * conv.scale, rtol=1e-12, atol=1e-12)
+        K = conv.conv.expand_filter(pos[src] - pos[dst])  # [E, C_out, C_in]
+        summed = torch.zeros_like(ours).index_add_(0, dst, torch.einsum("eoi,ei->eo", K, x[src]))
+        torch.testing.assert_close(ours, summed * conv.scale, rtol=1e-12, atol=1e-12)
+
+
+def test_own_basis_buffers():
+    """escnn shares kernel bases between layers over the same types: converting one
+    layer must leave another (and escnn's own layers) untouched."""
+    in_type, out_type, _ = conv_types("SO2z")
+    a, b = AnalyticPointConv(in_type, out_type), AnalyticPointConv(in_type, out_type)
+    escnn_conv = enn.R3PointConv(in_type, out_type, width=1.0, n_rings=3)
+    before = [t.clone() for t in b.buffers()]
+    a.double()
+    assert all(t.dtype == torch.float32 for t in b.buffers() if t.is_floating_point())
+    assert all(torch.equal(t, u) for t, u in zip(b.buffers(), before))
+    x, pos, _, edge_index = inputs(in_type)
+    b(x.float(), pos.float(), edge_index)
+    escnn_conv(enn.GeometricTensor(x.float(), in_type, coords=pos.float()), edge_index)
+    a(x, pos, edge_index)
 
 
 @pytest.mark.parametrize("bipartite", [False, True], ids=["plain", "bipartite"])
@@ -84,6 +102,22 @@ def test_bipartite_equals_plain_restricted_to_the_targets():
     bip_edges = torch.stack([edge_index[0, keep], remap[edge_index[1, keep]]])
     out = conv((x, None), (pos, pos[targets]), bip_edges.to(torch.int32))
     torch.testing.assert_close(out, conv(x, pos, edge_index)[targets], rtol=1e-12, atol=1e-12)
+
+
+def test_initial_output_variance_is_about_one():
+    """The scale c: unit-variance features summed over num_neighbors edges within the
+    support give outputs of about unit variance (as ImplicitPointConv's)."""
+    in_type, out_type, _ = conv_types("O3")
+    n, k = 400, 16
+    conv = AnalyticPointConv(in_type, out_type, width=1.0, num_neighbors=k).double()
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.randn(n, 3, generator=gen, dtype=torch.float64) * 0.3
+    src = torch.randint(0, n, (n * k,), generator=gen)
+    edge_index = torch.stack([src, torch.arange(n).repeat_interleave(k)])
+    far = (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=1) > 1.0
+    edge_index = edge_index[:, ~far]
+    y = conv(torch.randn(n, in_type.size, generator=gen, dtype=torch.float64), pos, edge_index)
+    assert 0.2 < float(y.pow(2).mean()) * k / (edge_index.shape[1] / n) < 5.0
 
 
 def test_empty_graph_isolated_nodes_and_gradients():

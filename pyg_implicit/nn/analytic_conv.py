@@ -2,30 +2,61 @@ r"""``AnalyticPointConv``: escnn's analytic steerable kernels behind the call si
 of :class:`~pyg_implicit.ImplicitPointConv` (the "standard" row of the paper's tables)."""
 from __future__ import annotations
 
-import math
+import copy
 from typing import Optional
 
+import torch
+from escnn import gspaces
 from escnn import nn as enn
+from escnn.group import Group, GroupElement, Representation
 from torch import Tensor
+from torch_geometric.nn.aggr import SumAggregation
 
 from . import _checks
 from .fields import FieldModule, check_field_type
+
+
+def _escnn_memo(root) -> dict:
+    """A ``copy.deepcopy`` memo that shares every escnn group, representation, group
+    element, gspace and field type reachable from ``root`` (immutable, large, and not
+    deep-copyable in every order) while the tensors and modules around them are copied."""
+    shared = (Group, GroupElement, Representation, gspaces.GSpace, enn.FieldType)
+    memo, seen, todo = {}, set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, torch.Tensor, type)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, shared):
+            memo[id(obj)] = obj
+        elif isinstance(obj, dict):
+            todo += [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo += list(obj)
+        elif hasattr(obj, "__dict__"):
+            todo += list(vars(obj).values())
+    return memo
 
 
 class AnalyticPointConv(FieldModule):
     r"""Steerable point convolution over escnn's analytic kernel basis.
 
     .. math::
-        \mathbf{x}'_i = \frac{1}{\sqrt{n}} \sum_{j \in \mathcal{N}(i)}
+        \mathbf{x}'_i = c \sum_{j \in \mathcal{N}(i)}
             \sum_b w_b\, \kappa_b(\mathbf{p}_j - \mathbf{p}_i)\, \mathbf{x}_j
             \; + \; \mathbf{b}
 
     with :math:`\kappa_b` the basis of G-steerable kernels that escnn derives
     analytically for the field types (a Gaussian radial profile on ``n_rings``
     rings up to ``width``, angular parts up to a frequency cut-off), learnable
-    weights :math:`w_b`, a bias on the trivial output fields and
-    :math:`n` = ``num_neighbors``. It wraps escnn's ``R2PointConv`` /
-    ``R3PointConv`` (same basis, weights and initialisation) and takes the inputs
+    weights :math:`w_b`, a bias on the trivial output fields and :math:`c` fixed
+    at initialisation as for the implicit kernel: ``num_neighbors *
+    E||K(x)||_F^2 / C_out = 1`` for ``x`` uniform in the support ball, so that a sum
+    over ``num_neighbors`` edges of unit-variance features has about unit variance
+    (escnn's He-type initialisation alone left the outputs ~30x smaller, and batch
+    norms' running statistics far from the batch statistics for many steps). It wraps escnn's ``R2PointConv`` /
+    ``R3PointConv`` (same basis, weights and initialisation; a scaled sum over the
+    neighbours where escnn takes their mean) and takes the inputs
     of :class:`~pyg_implicit.ImplicitPointConv`, bipartite ones included, so the
     two are interchangeable in a model: the implicit kernel against the
     standard one at the same field types.
@@ -37,8 +68,8 @@ class AnalyticPointConv(FieldModule):
         n_rings (int, optional): rings the support is split into. (default: ``3``)
         frequencies_cutoff (float, optional): maximum angular frequency per unit
             radius (escnn's default when ``None``). (default: ``None``)
-        num_neighbors (float, optional): typical in-degree; the sum over
-            neighbours is divided by its square root. (default: ``16.0``)
+        num_neighbors (float, optional): typical in-degree, for the scale :math:`c`.
+            (default: ``16.0``)
         bias (bool, optional): bias on the trivial output fields. (default: ``True``)
 
     Edges follow PyG's ``source_to_target`` flow (``edge_index[0]`` sources j,
@@ -72,21 +103,40 @@ class AnalyticPointConv(FieldModule):
         kwargs = {} if frequencies_cutoff is None else {"frequencies_cutoff": frequencies_cutoff}
         self.conv = conv_class(in_type, out_type, bias=bias, width=width, n_rings=n_rings,
                                **kwargs)
+        # escnn caches the kernel bases of irreps and shares them between every layer (also
+        # through lists it does not register): `.double()` of one layer would convert the
+        # others' buffers. This layer samples from its own copy.
+        sampler = self.conv._modules["_basissampler"]
+        self.conv._modules["_basissampler"] = copy.deepcopy(sampler, _escnn_memo(sampler))
+        # escnn averages over the neighbours; summed (and scaled by c) as ImplicitPointConv
+        self.conv.aggr, self.conv.aggr_module = "add", SumAggregation()
         if self.conv.basissampler.dimension() == 0:
             raise ValueError(f"escnn's analytic basis between {in_type} and {out_type} is "
                              f"empty at width={width}, n_rings={n_rings}: the layer would "
                              "be zero")
         self.width, self.n_rings, self.num_neighbors = width, n_rings, float(num_neighbors)
         self.in_channels, self.out_channels = in_type.size, out_type.size
+        self.register_buffer("scale", torch.ones(()))
+        self.reset_parameters()
 
     @property
     def weight(self) -> Tensor:
         return self.conv.weights
 
-    def reset_parameters(self):
+    def reset_parameters(self, num_samples: int = 512, seed: int = 0):
         enn.init.generalized_he_init(self.conv.weights.data, self.conv.basissampler)
         if self.conv.bias is not None:
             self.conv.bias.data.zero_()
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(seed)
+            w = self.conv.weights
+            x = torch.randn(num_samples, self.pos_dim, generator=gen, dtype=w.dtype)
+            radius = torch.rand(num_samples, 1, generator=gen, dtype=w.dtype) ** (
+                1.0 / self.pos_dim)
+            x = x / x.norm(dim=1, keepdim=True) * radius * self.width
+            K = self.conv.expand_filter(x.to(w.device))  # [samples, C_out, C_in]
+            power = K.pow(2).sum((1, 2)).mean() / self.out_channels
+            self.scale.fill_(float(1.0 / torch.sqrt(self.num_neighbors * power)))
 
     def forward(self, x, pos, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
                 csr=None) -> Tensor:
@@ -103,7 +153,7 @@ class AnalyticPointConv(FieldModule):
             out = self.conv.propagate(edge_index, x=(x_src, None),
                                       edge_delta=pos_src[src] - pos_dst[dst],
                                       size=(pos_src.shape[0], pos_dst.shape[0]))
-            out = out * (1.0 / math.sqrt(self.num_neighbors))
+            out = out * self.scale.to(out.dtype)
         if self.conv.bias is not None:
             bias = self.conv.expanded_bias if not self.training else self.conv.expand_bias()
             out = out + bias

@@ -1,0 +1,1 @@
+"""Point-cloud classification on ModelNet10/40 (and a synthetic stand-in)."""
