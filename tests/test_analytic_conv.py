@@ -190,3 +190,28 @@ def test_generic_model_with_standard_kernels_is_invariant():
     err = check_equivariance(lambda x_, p_, e_, a_: model(x_, p_, edge_index=e_), trivial, out,
                              x, pos, edge_index, num=4)
     assert err < NUMERICAL["O3"], err
+
+
+def test_buffer_order_does_not_follow_the_hash_seed():
+    """DDP matches buffers between processes by position: the order (and the names that
+    deduplication keeps) must not depend on PYTHONHASHSEED, which escnn's sets follow."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from escnn import gspaces, nn as enn\n"
+            "from pyg_implicit.nn import AnalyticPointConv\n"
+            "gs = gspaces.rot2dOnR3()\n"
+            "ti = enn.FieldType(gs, [gs.trivial_repr, gs.basespace_action] * 2)\n"
+            "to = enn.FieldType(gs, [gs.trivial_repr] * 2 + [gs.basespace_action] * 2)\n"
+            "c = AnalyticPointConv(ti, to)\n"
+            "print([(n, tuple(b.shape)) for n, b in c.named_buffers()])\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = set()
+    for seed in ("1", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=repo)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.add(r.stdout)
+    assert len(outs) == 1

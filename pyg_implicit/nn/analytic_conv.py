@@ -106,8 +106,14 @@ class AnalyticPointConv(FieldModule):
         # escnn caches the kernel bases of irreps and shares them between every layer (also
         # through lists it does not register): `.double()` of one layer would convert the
         # others' buffers. This layer samples from its own copy.
-        sampler = self.conv._modules["_basissampler"]
-        self.conv._modules["_basissampler"] = copy.deepcopy(sampler, _escnn_memo(sampler))
+        sampler = copy.deepcopy(self.conv._modules["_basissampler"],
+                                _escnn_memo(self.conv._modules["_basissampler"]))
+        # escnn registers blocks while iterating over sets, so the order of buffers() would
+        # follow PYTHONHASHSEED; DDP matches buffers between processes by position
+        for module in sampler.modules():
+            module._modules = dict(sorted(module._modules.items()))
+            module._buffers = dict(sorted(module._buffers.items()))
+        self.conv._modules["_basissampler"] = sampler
         # escnn averages over the neighbours; summed (and scaled by c) as ImplicitPointConv
         self.conv.aggr, self.conv.aggr_module = "add", SumAggregation()
         if self.conv.basissampler.dimension() == 0:
