@@ -125,6 +125,30 @@ class AnalyticPointConv(FieldModule):
         self.register_buffer("scale", torch.ones(()))
         self.reset_parameters()
 
+    def _apply(self, fn, recurse=True):
+        # escnn's basis modules compare by value (__eq__ with torch.allclose): torch's own
+        # walk over children dedupes them through a set, so it skipped value-equal copies
+        # and compared half-converted ones (float against double). The constant sampler
+        # is converted here, walking by identity.
+        sampler = self.conv._modules.pop("_basissampler")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self.conv._modules["_basissampler"] = sampler
+        seen, todo = set(), [sampler]
+        while todo:
+            module = todo.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            if module._parameters:
+                raise RuntimeError("escnn's basis sampler holds parameters; cannot convert")
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = fn(buf)
+            todo += [m for m in module._modules.values() if m is not None]
+        return self
+
     @property
     def weight(self) -> Tensor:
         return self.conv.weights
