@@ -135,12 +135,13 @@ def table(args) -> None:
     if rows:
         lines += ["", "Command of each row (`run` launches them):", ""]
         lines += [f"- {r['data']}/{r['group']}/{r['kernel']}: `{r['command']}`" for r in rows]
+    from pyg_implicit.experiments.runs import write_json
+
     out = os.path.join(ROOT, "benchmarks", "results", "modelnet_synthetic")
-    for ext, text in (("md", "\n".join(lines) + "\n"), ("json", json.dumps(rows, indent=1))):
-        tmp = f"{out}.{ext}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, f"{out}.{ext}")
+    write_json(rows, f"{out}.json")
+    with open(f"{out}.md.tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(f"{out}.md.tmp", f"{out}.md")
     print("\n".join(lines[:len(rows) + 6]))
 
 

@@ -6,36 +6,12 @@ import copy
 from typing import Optional
 
 import torch
-from escnn import gspaces
 from escnn import nn as enn
-from escnn.group import Group, GroupElement, Representation
 from torch import Tensor
 from torch_geometric.nn.aggr import SumAggregation
 
 from . import _checks
-from .fields import FieldModule, check_field_type
-
-
-def _escnn_memo(root) -> dict:
-    """A ``copy.deepcopy`` memo that shares every escnn group, representation, group
-    element, gspace and field type reachable from ``root`` (immutable, large, and not
-    deep-copyable in every order) while the tensors and modules around them are copied."""
-    shared = (Group, GroupElement, Representation, gspaces.GSpace, enn.FieldType)
-    memo, seen, todo = {}, set(), [root]
-    while todo:
-        obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, torch.Tensor, type)):
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, shared):
-            memo[id(obj)] = obj
-        elif isinstance(obj, dict):
-            todo += [*obj.keys(), *obj.values()]
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            todo += list(obj)
-        elif hasattr(obj, "__dict__"):
-            todo += list(vars(obj).values())
-    return memo
+from .fields import FieldModule, check_field_type, escnn_sharing_memo
 
 
 class AnalyticPointConv(FieldModule):
@@ -107,7 +83,7 @@ class AnalyticPointConv(FieldModule):
         # through lists it does not register): `.double()` of one layer would convert the
         # others' buffers. This layer samples from its own copy.
         sampler = copy.deepcopy(self.conv._modules["_basissampler"],
-                                _escnn_memo(self.conv._modules["_basissampler"]))
+                                escnn_sharing_memo(self.conv._modules["_basissampler"]))
         # escnn registers blocks while iterating over sets, so the order of buffers() would
         # follow PYTHONHASHSEED; DDP matches buffers between processes by position
         for module in sampler.modules():

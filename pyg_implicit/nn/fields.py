@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 from escnn import gspaces
 from escnn import nn as enn
-from escnn.group import Group, GroupElement
+from escnn.group import Group, GroupElement, Representation
 from torch import Tensor
 
 FIELD_KINDS = ("auto", "regular", "fourier", "quotient", "gated", "norm")
@@ -112,8 +112,12 @@ def field_type(gspace, channels: int, kind: str = "auto", band_limit: int = 1) -
     return enn.FieldType(gspace, [irrep for irrep in irreps for _ in range(channels)])
 
 
+# immutable escnn objects, shared rather than copied by the deep copies below
+_ESCNN_SHARED = (enn.FieldType, gspaces.GSpace, GroupElement, Group)
+
+
 def _is_escnn_object(value) -> bool:
-    return isinstance(value, (enn.FieldType, gspaces.GSpace, GroupElement, Group))
+    return isinstance(value, _ESCNN_SHARED)
 
 
 def share_escnn_objects(module: torch.nn.Module, memo: dict) -> None:
@@ -125,6 +129,28 @@ def share_escnn_objects(module: torch.nn.Module, memo: dict) -> None:
         for item in items:
             if _is_escnn_object(item):
                 memo[id(item)] = item
+
+
+def escnn_sharing_memo(root) -> dict:
+    """A ``copy.deepcopy`` memo that shares every escnn type, gspace, group, group element
+    and representation reachable from ``root`` (not only its own attributes, as
+    :func:`share_escnn_objects`), while the modules and tensors around them are copied."""
+    shared = (*_ESCNN_SHARED, Representation)
+    memo, seen, todo = {}, set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, Tensor, type)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, shared):
+            memo[id(obj)] = obj
+        elif isinstance(obj, dict):
+            todo += [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo += list(obj)
+        elif hasattr(obj, "__dict__"):
+            todo += list(vars(obj).values())
+    return memo
 
 
 def deepcopy_sharing_escnn(module: torch.nn.Module, memo: dict):

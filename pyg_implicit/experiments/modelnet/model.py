@@ -15,8 +15,10 @@ from escnn import gspaces
 from escnn import nn as enn
 from torch import Tensor
 
+from pyg_implicit.graph import _torch_cluster, knn_graph
 from pyg_implicit.nn import (EquivariantGlobalPool, InvariantMap, ResidualBlock,
                              field_type)
+from pyg_implicit.nn.models import _FIELD_KIND
 
 # name -> (escnn gspace, the paper's name of the group, published ModelNet-40 test
 # accuracy [%] of (standard, implicit) kernels, Zhdanov et al., NeurIPS 2023, Table 2).
@@ -39,11 +41,6 @@ def make_gspace(group: str):
     if group not in GROUPS:
         raise ValueError(f"group must be one of {tuple(GROUPS)}, got {group!r}")
     return GROUPS[group][0]()
-
-
-def _cluster():
-    import torch_cluster
-    return torch_cluster
 
 
 def neighbourhood_radius(num_points: float, k: int) -> float:
@@ -110,23 +107,24 @@ class PointCloudClassifier(torch.nn.Module):
             raise ValueError(f"ratio must lie in (0, 1), got {ratio}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if nonlinearity not in _FIELD_KIND:
+            raise ValueError(f"nonlinearity must be one of {tuple(_FIELD_KIND)}, got "
+                             f"{nonlinearity!r}")
         self.gspace, self.kernel, self.ratio, self.k = gspace, kernel, ratio, k
         vector = gspace.basespace_action
         self.in_type = enn.FieldType(gspace, [gspace.trivial_repr, vector, vector])
-        kind = "gated" if nonlinearity == "gated" else nonlinearity
-        self.hidden_types = [field_type(gspace, c, kind, band_limit) for c in channels]
+        self.hidden_types = [field_type(gspace, c, _FIELD_KIND[nonlinearity], band_limit)
+                             for c in channels]
         self.blocks = torch.nn.ModuleList()
         t_in, n = self.in_type, float(num_points)
         for level, t_out in enumerate(self.hidden_types):
             n = n * (ratio if level > 0 else 1.0)
             width = neighbourhood_radius(n, k)
             args = dict(conv_kwargs or {})
-            if kernel == "implicit":
-                args.setdefault("width", width)
-                args.setdefault("num_neighbors", float(k))
-            else:
-                args.setdefault("width", 1.5 * width)  # the support: rings up to it
-                args.setdefault("num_neighbors", float(k))
+            # the implicit kernel's Gaussian envelope; the standard basis's rings reach
+            # the edge of its support
+            args.setdefault("width", width if kernel == "implicit" else 1.5 * width)
+            args.setdefault("num_neighbors", float(k))
             self.blocks.append(ResidualBlock(t_in, t_out, nonlinearity=nonlinearity,
                                              norm="batch", residual=False, kernel=kernel,
                                              **args))
@@ -141,7 +139,7 @@ class PointCloudClassifier(torch.nn.Module):
 
     def forward(self, pos: Tensor, normal: Tensor, batch: Tensor,
                 num_graphs: Optional[int] = None) -> Tensor:
-        tc = _cluster()
+        tc = _torch_cluster()
         if pos.dim() != 2 or pos.shape[1] != 3 or normal.shape != pos.shape:
             raise ValueError(f"pos and normal must both have shape [num_points, 3], got "
                              f"{list(pos.shape)} and {list(normal.shape)}")
@@ -149,7 +147,7 @@ class PointCloudClassifier(torch.nn.Module):
             raise ValueError(f"batch must have shape [{pos.shape[0]}], got {list(batch.shape)}")
         num_graphs = int(batch.max()) + 1 if num_graphs is None else num_graphs
         x = torch.cat([pos.new_ones(pos.shape[0], 1), normal, pos], dim=1)
-        edge_index = tc.knn_graph(pos, self.k, batch, loop=False)
+        edge_index = knn_graph(pos, self.k, batch, loop=False)
         h = self.blocks[0](x, pos, edge_index, batch=batch, num_graphs=num_graphs)
         for block in self.blocks[1:]:
             idx = tc.fps(pos, batch, ratio=self.ratio, random_start=self.training)
