@@ -9,4 +9,5 @@ through :mod:`pyg_implicit.experiments.engine`:
 
 # name -> the module with NAME, add_options(parser) and build(args)
 EXPERIMENTS = {"nbody": "pyg_implicit.experiments.nbody.train",
-               "modelnet": "pyg_implicit.experiments.modelnet.train"}
+               "modelnet": "pyg_implicit.experiments.modelnet.train",
+               "qm9": "pyg_implicit.experiments.qm9.train"}

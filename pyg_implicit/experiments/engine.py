@@ -9,7 +9,9 @@ history kept in the checkpoints, run folders that are never reused, resumption
 only when asked and only of the same run, and the result JSON.
 
 An experiment (:mod:`pyg_implicit.experiments`) provides ``add_options(parser)``
-and ``build(args) -> (TrainingModule, LightningDataModule, run_name)``.
+and ``build(args) -> (TrainingModule, LightningDataModule, run_name)``; its module may
+carry ``trainer_options`` (more ``lightning.Trainer`` arguments, e.g.
+``limit_train_batches``).
 """
 from __future__ import annotations
 
@@ -293,7 +295,8 @@ def fit(experiment, args, argv) -> Optional[Dict]:
         max_epochs=args.epochs, callbacks=callbacks, default_root_dir=run_dir,
         logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # a version per launch
         use_distributed_sampler=False, enable_progress_bar=not args.no_progress,
-        enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
+        enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
+        **getattr(module, "trainer_options", {}))
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log(log_path, f"{run_name}: {params} parameters, {ranks} process(es), run folder {run_dir}"
         + (f"; resumed from {resume}" if resume else ""))

@@ -1,0 +1,1 @@
+"""QM9 molecular property prediction (:mod:`.data`, :mod:`.model`, :mod:`.train`)."""
