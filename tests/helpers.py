@@ -1,7 +1,11 @@
-"""Reusable test helpers of the layer tests: groups, field types and random graphs."""
+"""Reusable test helpers: groups, field types and random graphs of the layer tests; the
+command line of the experiments."""
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 
 import torch
 from escnn import gspaces
@@ -63,3 +67,20 @@ def random_graph(num_src: int, num_dst: int, num_edges: int, seed: int = 0,
     edge_index = random_edge_index(num_src, num_dst, num_edges, seed,
                                    self_loops=self_loops and num_src == num_dst)
     return pos_src, pos_dst, edge_index
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_cli(experiment: str, args, tmp_path, ok: bool = True) -> str:
+    """Run ``python -m pyg_implicit.train <experiment> ARGS`` (one thread, no progress
+    bars, ``HOME`` under ``tmp_path`` so that no cache outside it is touched); assert
+    that it succeeds (or, with ``ok=False``, fails) and return its output."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", HOME=str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, "-m", "pyg_implicit.train", experiment, *args,
+                        "--threads", "1", "--no-progress"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert (r.returncode == 0) == ok, out[-5000:]
+    return out

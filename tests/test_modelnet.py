@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import train_cli
 from pyg_implicit.experiments.modelnet import data as mn
 from pyg_implicit.experiments.modelnet.model import GROUPS, PointCloudClassifier, make_gspace
 from pyg_implicit.experiments.modelnet.train import Clouds, stratified_split
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXACT = 1e-9
 # escnn's analytic SO(3)/O(3) bases come from numerically solved coefficients (~1e-8)
 NUMERICAL = 1e-6
@@ -122,14 +120,7 @@ def test_eval_clouds_are_fixed_training_clouds_fresh(shapes_dir, tmp_path):
 
 
 def _train(args, tmp_path, ok=True):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1", HOME=str(tmp_path / "home"))
-    r = subprocess.run([sys.executable, "-m", "pyg_implicit.train", "modelnet", *args,
-                        "--threads", "1", "--no-progress"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert (r.returncode == 0) == ok, out[-5000:]
-    return out
+    return train_cli("modelnet", args, tmp_path, ok)
 
 
 SMALL = ["--num-points", "64", "--channels", "2,3", "--k", "8", "--batch-size", "4",

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch
 
+from helpers import REPO, train_cli
 from pyg_implicit.experiments.qm9 import data as qd
 from pyg_implicit.experiments.qm9.model import (DimeNetPlusPlusQM9, SchNetQM9, SteerableQM9,
                                                bond_features, triplets)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "data", "qm9")
 SINGLE, DOUBLE, TRIPLE, AROMATIC, UNPERCEIVED = range(5)
 
@@ -242,14 +240,7 @@ def test_baselines_are_invariant_in_float64(molecules, cls):
 
 
 def _train(args, tmp_path, ok=True):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1", HOME=str(tmp_path / "home"))
-    r = subprocess.run([sys.executable, "-m", "pyg_implicit.train", "qm9", *args,
-                        "--threads", "1", "--no-progress"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert (r.returncode == 0) == ok, out[-5000:]
-    return out
+    return train_cli("qm9", args, tmp_path, ok)
 
 
 FIXTURE_ARGS = ["--data", FIXTURE, "--subset", "proportional", "--epochs", "1",
@@ -288,3 +279,33 @@ def test_cli_errors_are_clear(tmp_path):
     out = _train(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")],
                  tmp_path, ok=False)
     assert "nowhere" in out and "Traceback" not in out
+
+
+def test_cli_epoch_and_validation_subsets(tmp_path):
+    """--epoch-size caps the steps of every epoch; --val-size the validation split."""
+    import csv
+
+    run = tmp_path / "run"
+    _train([*FIXTURE_ARGS, "--epochs", "2", "--epoch-size", "16", "--val-size", "4",
+            "--cache", str(tmp_path / "cache"), "--out", str(run), *SMALL], tmp_path)
+    with open(run / "result.json") as f:
+        r = json.load(f)
+    assert r["val_samples"] == 4 and r["train_samples"] == 28
+    assert r["dataset"]["epoch_size"] == 16 and r["epochs_completed"] == 2
+    with open(run / "logs" / "version_0" / "metrics.csv") as f:
+        steps = [row for row in csv.DictReader(f) if row.get("loss")]
+    assert len(steps) == 2 * 2  # 2 epochs of 16 // 8 batches (of 28 molecules)
+
+
+def test_changed_source_is_reprocessed(tmp_path, molecules):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURE, src)
+    part = src / "qm9_part1.csv"
+    part.write_text(part.read_text().replace(",-0.3877,", ",-0.3000,", 1))
+    changed = qd.QM9Molecules(str(tmp_path / "cache"), str(src))
+    assert changed.fingerprint != molecules.fingerprint
+    assert changed.y[0, 2] == pytest.approx(-0.3 * qd.HARTREE_TO_MEV, rel=1e-6)
+    assert by_index(molecules, 1).y[0, 2] == pytest.approx(-0.3877 * qd.HARTREE_TO_MEV,
+                                                          rel=1e-6)
