@@ -274,7 +274,11 @@ def default_root() -> str:
 
 
 def _fingerprint(files: Sequence[str]) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    """Of the processing (its version, RDKit's, which perceives the bonds) and of the
+    files' names and contents."""
+    import rdkit
+
+    h = hashlib.sha256(f"v{CACHE_VERSION} rdkit {rdkit.__version__}".encode())
     for path in files:
         h.update(os.path.basename(path).encode())
         with open(path, "rb") as f:
@@ -286,8 +290,9 @@ def _fingerprint(files: Sequence[str]) -> str:
 class QM9Molecules(InMemoryDataset):
     r"""QM9 from the installed ``qm9pack`` (default) or a folder ``source`` of its CSV
     files or of the original XYZ files, processed once (bonds perceived, units
-    converted) into ``root`` under a name fingerprinted to the source files' contents,
-    so that changed data is reprocessed and two sources never share a cache.
+    converted) into ``root`` under a name fingerprinted to the source files' contents
+    and the RDKit version, so that changed data (or another RDKit) is reprocessed and
+    two sources never share a cache.
 
     Args:
         root (str, optional): the cache folder. (default: ``~/.cache/pyg_implicit/qm9``)
