@@ -9,9 +9,9 @@ history kept in the checkpoints, run folders that are never reused, resumption
 only when asked and only of the same run, and the result JSON.
 
 An experiment (:mod:`pyg_implicit.experiments`) provides ``add_options(parser)``
-and ``build(args) -> (TrainingModule, LightningDataModule, run_name)``; its module may
-carry ``trainer_options`` (more ``lightning.Trainer`` arguments, e.g.
-``limit_train_batches``).
+and ``build(args) -> (TrainingModule, LightningDataModule, run_name)`` (graph
+datasets: :class:`SplitData`); its ``TrainingModule`` may carry ``trainer_options``
+(more ``lightning.Trainer`` arguments, e.g. ``limit_train_batches``).
 """
 from __future__ import annotations
 
@@ -236,6 +236,39 @@ def eval_loader(dataset, batch_size: int, trainer, **kw) -> DataLoader:
     processes are then exact; a padded ``DistributedSampler`` would count some twice)."""
     share = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
     return DataLoader(share, batch_size=batch_size, shuffle=False, **kw)
+
+
+def collate_graphs(items):
+    """One PyG ``Batch`` of a list of ``Data`` (molecules, point clouds)."""
+    from torch_geometric.data import Batch
+    return Batch.from_data_list(items)
+
+
+class SplitData(pl.LightningDataModule):
+    """The train/validation/test datasets of a run behind :func:`train_loader` and
+    :func:`eval_loader`: ``args.batch_size`` per training batch, ``eval_batch_size``
+    (default the same) per evaluation batch, items joined by ``collate_fn``."""
+
+    def __init__(self, args, train, val, test, collate_fn=collate_graphs,
+                 eval_batch_size: Optional[int] = None):
+        super().__init__()
+        self.args, self.train, self.val, self.test = args, train, val, test
+        self.collate_fn = collate_fn
+        self.eval_batch_size = eval_batch_size or args.batch_size
+
+    def train_dataloader(self):
+        return train_loader(self.train, self.args.batch_size, self.args.seed, self.trainer,
+                            collate_fn=self.collate_fn)
+
+    def _eval(self, dataset):
+        return eval_loader(dataset, self.eval_batch_size, self.trainer,
+                           collate_fn=self.collate_fn)
+
+    def val_dataloader(self):
+        return self._eval(self.val)
+
+    def test_dataloader(self):
+        return self._eval(self.test)
 
 
 def _world(args) -> Dict:

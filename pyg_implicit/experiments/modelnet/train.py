@@ -19,7 +19,6 @@ import json
 import os
 from typing import Dict, List
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torchmetrics.classification import MulticlassAccuracy
@@ -127,30 +126,6 @@ class Clouds(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + i)
             return self.sample(mesh)
-
-
-def collate(items):
-    from torch_geometric.data import Batch
-    return Batch.from_data_list(items)
-
-
-class ModelNetData(pl.LightningDataModule):
-    def __init__(self, args, train, val, test):
-        super().__init__()
-        self.args, self.train, self.val, self.test = args, train, val, test
-
-    def train_dataloader(self):
-        return engine.train_loader(self.train, self.args.batch_size, self.args.seed,
-                                   self.trainer, collate_fn=collate)
-
-    def _eval(self, clouds):
-        return engine.eval_loader(clouds, self.args.batch_size, self.trainer, collate_fn=collate)
-
-    def val_dataloader(self):
-        return self._eval(self.val)
-
-    def test_dataloader(self):
-        return self._eval(self.test)
 
 
 class ModelNetTask(engine.TrainingModule):
@@ -269,4 +244,5 @@ def build(args):
     dataset = dataset_label(args.data, args.classes)
     task = ModelNetTask(args, model_config(args, len(names)), names, sizes, dataset)
     prefix = "shapes" if dataset["synthetic"] else f"modelnet{args.classes}"
-    return task, ModelNetData(args, train, val, test), f"{prefix}_{args.group}_{args.kernel}"
+    data = engine.SplitData(args, train, val, test)
+    return task, data, f"{prefix}_{args.group}_{args.kernel}"

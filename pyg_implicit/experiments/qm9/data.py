@@ -64,6 +64,7 @@ ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 BOND_TYPES = ("single", "double", "triple", "aromatic", "unperceived")
 # how each molecule's bond orders were found (data.bond_source)
 BOND_SOURCES = ("covalent radii", "extended Hueckel", "smiles template", "connectivity only")
+CONNECTIVITY_ONLY = BOND_SOURCES.index("connectivity only")
 # name -> (qm9pack column, factor to the reported unit, unit); PyG's target order
 TARGETS: Dict[str, Tuple[str, float, str]] = {
     "mu": ("Dipole_debye", 1.0, "D"),
@@ -234,14 +235,16 @@ def perceive_bonds(elements: Sequence[str], pos: np.ndarray, smiles: Optional[st
             mol = AllChem.AssignBondOrdersFromTemplate(template, connectivity)
             Chem.SanitizeMol(mol)
         except Exception:  # noqa: BLE001
-            source, mol = 3, connectivity
+            source, mol = CONNECTIVITY_ONLY, connectivity
     kinds = {Chem.BondType.SINGLE: 0, Chem.BondType.DOUBLE: 1, Chem.BondType.TRIPLE: 2,
              Chem.BondType.AROMATIC: 3}
+    unperceived = BOND_TYPES.index("unperceived")
     pairs, types = [], []
     for bond in (mol.GetBonds() if mol is not None else ()):
         i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
         pairs.append((i, j))
-        types.append(4 if source == 3 else kinds.get(bond.GetBondType(), 4))
+        types.append(unperceived if source == CONNECTIVITY_ONLY
+                     else kinds.get(bond.GetBondType(), unperceived))
     return (np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(types, dtype=np.int64),
             source)
 
@@ -265,7 +268,7 @@ def molecule(row: Dict) -> Data:
                 z=torch.tensor([ATOMIC_NUMBERS[e] for e in row["elements"]]),
                 pos=torch.from_numpy(row["pos"]).float(), edge_index=edge_index,
                 edge_attr=torch.nn.functional.one_hot(bond, len(BOND_TYPES)).float(),
-                y=torch.tensor([y], dtype=torch.float64).float(),
+                y=torch.tensor([y], dtype=torch.float32),
                 idx=torch.tensor([row["index"]]), bond_source=torch.tensor([source]))
 
 
@@ -342,7 +345,7 @@ class QM9Molecules(InMemoryDataset):
                  "bond_source": {name: int((sources == i).sum())
                                  for i, name in enumerate(BOND_SOURCES)},
                  "connectivity_only_indices": [int(d.idx) for d in data_list
-                                               if int(d.bond_source) == 3]}
+                                               if int(d.bond_source) == CONNECTIVITY_ONLY]}
         self.save(data_list, self.processed_paths[0])
         # written last: PyG reprocesses unless both files exist, so a cut-off run never
         # leaves a half-written cache that loads

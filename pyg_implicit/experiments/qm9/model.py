@@ -88,6 +88,8 @@ class SteerableQM9(torch.nn.Module):
         band_limit (int, optional): of the hidden irreps. (default: ``1``)
         mlp_channels (int, optional): of the head. (default: ``32``)
         width (float, optional): initial kernel width, Å. (default: ``1.5``)
+        pool (str, optional): ``"mean"`` or ``"sum"`` over each molecule's atoms.
+            (default: ``"mean"``)
         conv_kwargs (dict, optional): more arguments of every convolution.
 
     Shapes:

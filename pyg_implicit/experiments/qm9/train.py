@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanAbsoluteError
 
@@ -76,10 +75,8 @@ def add_options(p) -> None:
 
 
 def model_config(args) -> Dict:
-    if args.model == "schnet":
-        return {"model": "schnet"}
-    if args.model == "dimenet++":
-        return {"model": "dimenet++"}
+    if args.model != "steerable":  # the baselines at their published hyper-parameters
+        return {"model": args.model}
     if args.kernel == "standard" and args.attributes != "none":
         raise SystemExit("--kernel standard sees relative positions only: pass "
                          "--attributes none")
@@ -97,31 +94,6 @@ def run_label(args) -> str:
         return args.model.replace("+", "p")
     attr = {"none": "", "bond": "_bond", "bond+atoms": "_bond_atoms"}[args.attributes]
     return f"o3_{args.kernel}{attr}"
-
-
-def collate(items):
-    from torch_geometric.data import Batch
-    return Batch.from_data_list(items)
-
-
-class QM9Data(pl.LightningDataModule):
-    def __init__(self, args, train, val, test):
-        super().__init__()
-        self.args, self.train, self.val, self.test = args, train, val, test
-
-    def train_dataloader(self):
-        return engine.train_loader(self.train, self.args.batch_size, self.args.seed,
-                                   self.trainer, collate_fn=collate)
-
-    def _eval(self, molecules):
-        return engine.eval_loader(molecules, max(self.args.batch_size, 128), self.trainer,
-                                  collate_fn=collate)
-
-    def val_dataloader(self):
-        return self._eval(self.val)
-
-    def test_dataloader(self):
-        return self._eval(self.test)
 
 
 class QM9Task(engine.TrainingModule):
@@ -210,7 +182,8 @@ def build(args):
                "split": args.subset, "val_size": args.val_size or None,
                "epoch_size": args.epoch_size or None}
     task = QM9Task(args, model_config(args), mean, std, sizes, dataset)
-    return task, QM9Data(args, train, val, test), f"qm9_{args.target}_{run_label(args)}"
+    data = engine.SplitData(args, train, val, test, eval_batch_size=max(args.batch_size, 128))
+    return task, data, f"qm9_{args.target}_{run_label(args)}"
 
 
 __all__ = ["NAME", "add_options", "build", "PUBLISHED_HOMO_MEV"]
